@@ -1,0 +1,290 @@
+"""Plain typed values the clinical core works on: no FHIR, no HTTP, no clock.
+
+Ingest (``fhir_leuko.fhirio.ingest``) builds a :class:`PatientLabs` from FHIR JSON; the rules
+(``fhir_leuko.clinical.rules``) turn it into an :class:`Assessment`; emit renders that as FHIR
+and CDS Hooks cards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+
+
+class Analyte(StrEnum):
+    """What a result measures, decided from its LOINC code (never from the unit string)."""
+
+    WBC = "wbc"
+    ANC = "anc"
+    NEUTROPHIL_PERCENT = "neutrophil-percent"
+    BAND_PERCENT = "band-percent"
+    BAND_COUNT = "band-count"
+    LYMPHOCYTE_COUNT = "lymphocyte-count"
+    LYMPHOCYTE_PERCENT = "lymphocyte-percent"
+    HAEMOGLOBIN = "haemoglobin"
+    PLATELETS = "platelets"
+    MCV = "mcv"
+    BODY_TEMPERATURE = "body-temperature"
+    VITAMIN_B12 = "vitamin-b12"
+    FOLATE = "folate"
+
+
+#: Analytes that belong to a CBC draw (grouped by specimen / time).
+CBC_ANALYTES = frozenset(
+    {
+        Analyte.WBC,
+        Analyte.ANC,
+        Analyte.NEUTROPHIL_PERCENT,
+        Analyte.BAND_PERCENT,
+        Analyte.BAND_COUNT,
+        Analyte.LYMPHOCYTE_COUNT,
+        Analyte.LYMPHOCYTE_PERCENT,
+        Analyte.HAEMOGLOBIN,
+        Analyte.PLATELETS,
+        Analyte.MCV,
+    }
+)
+
+#: Units the core works in, after ingest normalised them.
+CANONICAL_UNITS: Mapping[Analyte, str] = {
+    Analyte.WBC: "10*9/L",
+    Analyte.ANC: "10*9/L",
+    Analyte.NEUTROPHIL_PERCENT: "%",
+    Analyte.BAND_PERCENT: "%",
+    Analyte.BAND_COUNT: "10*9/L",
+    Analyte.LYMPHOCYTE_COUNT: "10*9/L",
+    Analyte.LYMPHOCYTE_PERCENT: "%",
+    Analyte.HAEMOGLOBIN: "g/dL",
+    Analyte.PLATELETS: "10*9/L",
+    Analyte.MCV: "fL",
+    Analyte.BODY_TEMPERATURE: "Cel",
+    Analyte.VITAMIN_B12: "pg/mL",
+    Analyte.FOLATE: "ng/mL",
+}
+
+#: Status precedence (clinical-rules.md 1.2): amended/corrected > final > preliminary.
+STATUS_RANK: Mapping[str, int] = {"amended": 3, "corrected": 3, "final": 2, "preliminary": 1}
+
+
+class Risk(StrEnum):
+    """Codes of http://terminology.hl7.org/CodeSystem/risk-probability that we use."""
+
+    NEGLIGIBLE = "negligible"
+    LOW = "low"
+    MODERATE = "moderate"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        return _RISK_RANK[self]
+
+
+_RISK_RANK = {Risk.NEGLIGIBLE: 0, Risk.LOW: 1, Risk.MODERATE: 2, Risk.HIGH: 3}
+
+
+class NeutropeniaGrade(StrEnum):
+    NONE = "none"
+    MILD = "mild"
+    MODERATE = "moderate"
+    SEVERE = "severe"
+    PROFOUND = "profound"
+    UNKNOWN = "unknown"
+
+    @property
+    def rank(self) -> int:
+        """Severity order; UNKNOWN ranks with NONE (it is never taken as reassurance)."""
+        return _GRADE_RANK[self]
+
+
+_GRADE_RANK = {
+    NeutropeniaGrade.NONE: 0,
+    NeutropeniaGrade.UNKNOWN: 0,
+    NeutropeniaGrade.MILD: 1,
+    NeutropeniaGrade.MODERATE: 2,
+    NeutropeniaGrade.SEVERE: 3,
+    NeutropeniaGrade.PROFOUND: 4,
+}
+
+
+class Priority(StrEnum):
+    """http://hl7.org/fhir/request-priority, in increasing urgency."""
+
+    ROUTINE = "routine"
+    URGENT = "urgent"
+    ASAP = "asap"
+    STAT = "stat"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.ROUTINE: 0, Priority.URGENT: 1, Priority.ASAP: 2, Priority.STAT: 3}
+
+
+class Action(StrEnum):
+    """Codes of http://fhir-leuko.org/fhir/CodeSystem/leukopenia-action."""
+
+    REPEAT_CBC = "repeat-cbc"
+    VITAMIN_B12 = "vitamin-b12"
+    FOLATE = "folate"
+    PERIPHERAL_SMEAR = "peripheral-smear"
+    HAEMATOLOGY_REFERRAL = "haematology-referral"
+    URGENT_EVALUATION = "urgent-evaluation"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One lab or vital-sign value, already in the canonical unit of its analyte."""
+
+    analyte: Analyte
+    value: float
+    time: datetime  # timezone-aware
+    ref: str  # "Observation/<id>" (or the entry's fullUrl when the resource has no id)
+    status: str = "final"
+    ref_low: float | None = None  # referenceRange.low, canonical unit
+    draw_id: str | None = None  # specimen or DiagnosticReport reference shared by one draw
+
+    @property
+    def preliminary(self) -> bool:
+        return self.status == "preliminary"
+
+
+@dataclass(frozen=True, slots=True)
+class Medication:
+    """An active medication known to lower white cells (codes.md high-risk list)."""
+
+    name: str  # ingredient name, lower case
+    ref: str
+    matched_by: str  # e.g. "RxNorm ingredient 2626" or "name 'clozapine' in the text"
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicalCondition:
+    """A recorded condition that explains or modifies a low count."""
+
+    kind: str  # sle, rheumatoid-arthritis, viral-infection, hiv, hypersplenism, chemotherapy,
+    #            alcohol-use, duffy-null
+    display: str
+    ref: str
+    matched_by: str
+    onset: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An active or draft ServiceRequest for one of our actions."""
+
+    action: Action
+    priority: Priority
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataIssue:
+    """Something in the input we could not use; reported, never guessed around."""
+
+    code: str  # unknown-unit, unit-conflict, unparseable-value, implausible-value, no-value, ...
+    message: str  # one sentence naming the resource and what is wrong
+    ref: str | None = None
+    severity: str = "warning"  # OperationOutcome severity: information | warning | error
+
+
+@dataclass(frozen=True, slots=True)
+class PatientLabs:
+    """Everything the rules read about one patient, FHIR-free."""
+
+    patient_id: str | None = None
+    birth_date: date | None = None
+    sex: str | None = None  # administrative gender: male, female, other, unknown
+    results: tuple[Result, ...] = ()
+    medications: tuple[Medication, ...] = ()
+    conditions: tuple[ClinicalCondition, ...] = ()
+    open_orders: tuple[OpenOrder, ...] = ()
+    issues: tuple[DataIssue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """One blood draw: results that share a specimen/report or an effective time (+-1 h)."""
+
+    time: datetime
+    results: Mapping[Analyte, Result] = field(hash=False)
+    anc: float | None = None
+    anc_derived: bool = False
+    anc_refs: tuple[str, ...] = ()
+
+    def value(self, analyte: Analyte) -> float | None:
+        r = self.results.get(analyte)
+        return None if r is None else r.value
+
+    @property
+    def preliminary(self) -> bool:
+        return any(r.preliminary for r in self.results.values())
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return tuple(r.ref for r in self.results.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    code: str  # leukopenia-finding code
+    text: str  # clinician-readable sentence with the values
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    action: Action
+    priority: Priority
+    start: datetime
+    end: datetime
+    reason: str
+    source: str
+    optional: bool = False  # offered, not required (e.g. referral for persistent neutropenia)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHit:
+    """One rule that fired: the trace that cards, rationale and CLI text are rendered from."""
+
+    rule: str
+    text: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    patient_id: str | None
+    now: datetime
+    risk: Risk
+    row: int  # decision-table row of clinical-rules.md section 3 (12 = normal)
+    headline: str  # one sentence, < 140 characters
+    grade: NeutropeniaGrade
+    index_draw: Draw | None
+    wbc: float | None
+    wbc_lln: float | None
+    anc_lln: float
+    findings: tuple[Finding, ...]
+    recommendations: tuple[Recommendation, ...]
+    not_proposed: tuple[str, ...]  # what we chose not to propose, and why
+    medications: tuple[Medication, ...]
+    conditions: tuple[ClinicalCondition, ...]
+    mitigation: tuple[str, ...]
+    trace: tuple[RuleHit, ...]
+    issues: tuple[DataIssue, ...]
+    preliminary: bool
+    basis: tuple[str, ...]  # references of the results used
+    draws: tuple[Draw, ...] = ()
+
+    @property
+    def actionable(self) -> bool:
+        """False for a normal CBC: nothing is emitted and no card is shown."""
+        return self.risk is not Risk.NEGLIGIBLE
+
+    @property
+    def finding_codes(self) -> tuple[str, ...]:
+        return tuple(f.code for f in self.findings)

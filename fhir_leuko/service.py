@@ -1,0 +1,40 @@
+"""The one evaluation every entry point shares: FHIR JSON in, Assessment and FHIR out.
+
+The CDS Hooks service, the Subscription worker and the CLI all call :func:`evaluate`; none
+of them holds a copy of any rule.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_leuko.clinical.model import Assessment
+from fhir_leuko.clinical.rules import assess
+from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from fhir_leuko.fhirio import emit
+from fhir_leuko.fhirio.ingest import ingest, load_json
+
+
+def evaluate(
+    data: bytes | str | Any,
+    *,
+    now: datetime | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    patient_id: str | None = None,
+) -> Assessment:
+    """Evaluate FHIR input (raw JSON bytes/str, or already-parsed JSON) for one patient."""
+    doc = load_json(data) if isinstance(data, bytes | str) else data
+    when = now or datetime.now(UTC)
+    return assess(ingest(doc, patient_id=patient_id, thresholds=thresholds), when, thresholds)
+
+
+def evaluate_to_bundle(
+    data: bytes | str | Any,
+    *,
+    now: datetime | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    patient_id: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate and return the output Bundle (type collection) as R4 JSON."""
+    return emit.bundle(evaluate(data, now=now, thresholds=thresholds, patient_id=patient_id))
