@@ -1,0 +1,5 @@
+"""``python -m fhir_leuko``."""
+
+from fhir_leuko.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Settings from a TOML file and environment variables, auditable.
+
+Precedence: built-in defaults < the TOML file (``--config FILE`` or ``FHIR_LEUKO_CONFIG``) <
+environment variables. ``fhir-leuko config`` prints the effective settings and where each
+non-default value came from, with secrets redacted, so a site can audit what runs.
+
+Environment variables:
+- ``FHIR_LEUKO_CONFIG``: path of the TOML file.
+- ``FHIR_LEUKO_T_<NAME>``: one threshold, e.g. ``FHIR_LEUKO_T_WBC_LLN_ADULT=4.5``.
+- ``FHIR_LEUKO_<KEY>`` for the keys of the ``[service]`` table, upper-cased, e.g.
+  ``FHIR_LEUKO_PUBLIC_BASE_URL``, ``FHIR_LEUKO_INSECURE_DEV=1``,
+  ``FHIR_LEUKO_FHIR_SERVER_ALLOWLIST=https://a/fhir,https://b/fhir`` (lists are comma-separated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from fhir_leuko.errors import ConfigError
+
+ENV_PREFIX = "FHIR_LEUKO_"
+THRESHOLD_ENV_PREFIX = "FHIR_LEUKO_T_"
+
+
+@dataclass(frozen=True)
+class IssuerTrustConfig:
+    """One trusted CDS client: its JWKS comes from an allowlisted jku or a configured file."""
+
+    jku_allowlist: tuple[str, ...] = ()
+    jwks_file: str | None = None
+    tenants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SubscriptionEndpoint:
+    """One notification endpoint ``/notify/{name}``: who sends to it and how we answer back."""
+
+    fhir_base: str
+    header_name: str = "Authorization"
+    header_value: str | None = None  # secret; compared in constant time
+    hmac_secret: str | None = None  # Medplum X-Signature / X-Hub-Signature
+    token: str | None = None  # bearer token for reading and writing back
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The public URL of this service, as EHRs call it: JWT `aud` is compared with it, never
+    # with the request URL (which differs behind a proxy).
+    public_base_url: str = "http://127.0.0.1:8080"
+    insecure_dev: bool = False  # no JWT check: local use only, announced loudly
+    fhir_server_allowlist: tuple[str, ...] = ()  # SSRF guard for fetching from fhirServer
+    cors_origins: tuple[str, ...] = ()
+    feedback_db: str = "fhir-leuko-feedback.sqlite3"
+    queue_db: str = "fhir-leuko-queue.sqlite3"
+    max_body_bytes: int = 8 * 1024 * 1024
+    fetch_timeout_s: float = 2.0  # all FHIR calls of one hook together (cds-hooks.md 7.4)
+    jwt_max_lifetime_s: int = 3600  # our policy; the spec sets none (Epic uses 900 s)
+    jwt_clock_skew_s: int = 60
+    write_back: bool = True
+    worker_poll_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    issuers: Mapping[str, IssuerTrustConfig] = field(default_factory=dict)
+    endpoints: Mapping[str, SubscriptionEndpoint] = field(default_factory=dict)
+    origins: Mapping[str, str] = field(default_factory=dict)  # "section.key" -> where it came from
+
+    def audit(self) -> dict[str, Any]:
+        """Effective settings, secrets redacted, with the origin of every non-default value."""
+        return {
+            "thresholds": dataclasses.asdict(self.thresholds),
+            "service": dataclasses.asdict(self.service),
+            "issuers": {k: dataclasses.asdict(v) for k, v in self.issuers.items()},
+            "endpoints": {
+                k: {
+                    **dataclasses.asdict(v),
+                    "header_value": _redact(v.header_value),
+                    "hmac_secret": _redact(v.hmac_secret),
+                    "token": _redact(v.token),
+                }
+                for k, v in self.endpoints.items()
+            },
+            "origins": dict(self.origins),
+        }
+
+
+def _redact(v: str | None) -> str | None:
+    return None if v is None else "***"
+
+
+def _coerce(name: str, default: Any, raw: Any, where: str) -> Any:
+    """Convert a TOML or env value to the type of the default, or fail with a clear message."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+                return tuple(raw)
+            raise ValueError(raw)
+        if isinstance(default, str):
+            if not isinstance(raw, str):
+                raise ValueError(raw)
+            return raw
+    except (TypeError, ValueError):
+        kind = type(default).__name__
+        raise ConfigError(f"{where}: '{name}' must be a {kind}, got {raw!r}") from None
+    raise ConfigError(f"{where}: '{name}' has an unsupported type")
+
+
+def _apply(obj: Any, values: Mapping[str, Any], where: str, section: str,
+           origins: dict[str, str]) -> Any:
+    known = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting '{section}.{key}'")
+        changes[key] = _coerce(key, known[key], raw, where)
+        origins[f"{section}.{key}"] = where
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Load settings: defaults, then the TOML file, then environment variables."""
+    env = os.environ if env is None else env
+    origins: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    file = path or env.get(f"{ENV_PREFIX}CONFIG")
+    if file:
+        p = Path(file)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        unknown = set(data) - {"thresholds", "service", "issuers", "endpoints"}
+        if unknown:
+            raise ConfigError(f"{p}: unknown section(s) {', '.join(sorted(unknown))}")
+    where = str(file) if file else ""
+    thresholds = _apply(DEFAULT_THRESHOLDS, data.get("thresholds", {}), where, "thresholds", origins)
+    service = _apply(ServiceSettings(), data.get("service", {}), where, "service", origins)
+
+    t_env = {k[len(THRESHOLD_ENV_PREFIX):].lower(): v for k, v in env.items()
+             if k.startswith(THRESHOLD_ENV_PREFIX)}
+    thresholds = _apply(thresholds, t_env, "environment", "thresholds", origins)
+    s_names = {f.name for f in dataclasses.fields(ServiceSettings)}
+    s_env = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+             if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in s_names}
+    service = _apply(service, s_env, "environment", "service", origins)
+
+    issuers: dict[str, IssuerTrustConfig] = {}
+    for iss, raw in (data.get("issuers") or {}).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: [issuers.\"{iss}\"] must be a table")
+        issuers[iss] = _apply(IssuerTrustConfig(), raw, where, f"issuers.{iss}", origins)
+    endpoints: dict[str, SubscriptionEndpoint] = {}
+    for name, raw in (data.get("endpoints") or {}).items():
+        if not isinstance(raw, dict) or "fhir_base" not in raw:
+            raise ConfigError(f"{where}: [endpoints.{name}] needs fhir_base")
+        endpoints[name] = _apply(SubscriptionEndpoint(fhir_base=str(raw["fhir_base"])),
+                                 {k: v for k, v in raw.items() if k != "fhir_base"}, where,
+                                 f"endpoints.{name}", origins)
+    _check(thresholds)
+    return Settings(thresholds, service, issuers, endpoints, origins)
+
+
+def _check(t: Thresholds) -> None:
+    """Reject overrides that would make the decision table incoherent."""
+    if not (0 < t.anc_severe_floor < t.anc_moderate_floor < t.anc_mild_floor <= t.anc_lln_adult):
+        raise ConfigError(
+            "ANC tiers must satisfy 0 < severe floor < moderate floor < mild floor <= adult LLN"
+        )
+    if t.fever_sustained_c > t.fever_single_c:
+        raise ConfigError("fever_sustained_c must not exceed fever_single_c")

@@ -1,0 +1,74 @@
+"""Clinician-readable text of an Assessment (CLI ``--format text``), rendered from its trace."""
+
+from __future__ import annotations
+
+from fhir_leuko.clinical.model import Analyte, Assessment
+
+_INDICATOR = {"negligible": "normal", "low": "info", "moderate": "WARNING", "high": "CRITICAL"}
+
+
+def text_report(a: Assessment) -> str:
+    lines: list[str] = []
+    who = f"Patient/{a.patient_id}" if a.patient_id else "Patient (not identified)"
+    lines.append(f"fhir-leuko assessment for {who} at {a.now.isoformat()}")
+    lines.append("")
+    if a.index_draw is None:
+        lines.append("No WBC, ANC or neutrophil % result to assess.")
+    else:
+        d = a.index_draw
+        vals = []
+        for analyte, label, unit in (
+            (Analyte.WBC, "WBC", "x10^9/L"),
+            (Analyte.NEUTROPHIL_PERCENT, "Neutrophils", "%"),
+            (Analyte.BAND_PERCENT, "Bands", "%"),
+            (Analyte.HAEMOGLOBIN, "Hb", "g/dL"),
+            (Analyte.PLATELETS, "Platelets", "x10^9/L"),
+            (Analyte.MCV, "MCV", "fL"),
+        ):
+            v = d.value(analyte)
+            if v is not None:
+                vals.append(f"{label} {v:g} {unit}")
+        if d.anc is not None:
+            vals.insert(1, f"ANC {d.anc:g} x10^9/L{' (derived)' if d.anc_derived else ''}")
+        else:
+            vals.insert(1, "ANC unknown")
+        prelim = " (PRELIMINARY)" if d.preliminary else ""
+        lines.append(f"Index CBC {d.time.isoformat()}{prelim}: " + ", ".join(vals))
+    lines.append("")
+    label = _INDICATOR[a.risk.value]
+    lines.append(f"[{label}] Risk {a.risk.value.upper()} - {a.headline}")
+    if a.findings:
+        lines.append("")
+        lines.append("Findings:")
+        lines += [f"  - {f.text}  [{f.source}]" for f in a.findings]
+    if a.recommendations:
+        lines.append("")
+        lines.append("Suggested next steps:")
+        for r in a.recommendations:
+            window = f"{r.start.date().isoformat()} to {r.end.date().isoformat()}"
+            opt = " (optional)" if r.optional else ""
+            lines.append(f"  - {r.action.value} [{r.priority.value}] {window}{opt}")
+            lines.append(f"      why: {r.reason}  [{r.source}]")
+    elif a.actionable:
+        lines.append("")
+        lines.append("Suggested next steps: none")
+    for n in a.not_proposed:
+        lines.append(f"  - {n}")
+    if a.medications:
+        lines.append("")
+        lines.append("Medications that lower white cells:")
+        lines += [f"  - {m.name} ({m.ref}; matched by {m.matched_by})" for m in a.medications]
+    if a.conditions:
+        lines.append("")
+        lines.append("Recorded conditions that can explain it:")
+        lines += [f"  - {c.display} ({c.ref})" for c in a.conditions]
+    if a.mitigation:
+        lines.append("")
+        lines.append("Mitigation:")
+        lines += [f"  - {m}" for m in a.mitigation]
+    issues = [i for i in a.issues if i.severity != "information"]
+    if issues:
+        lines.append("")
+        lines.append("Data that could not be used:")
+        lines += [f"  - {i.message}" for i in issues]
+    return "\n".join(lines) + "\n"
