@@ -48,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
     sv.add_argument("--config", help="TOML configuration file")
-    sv.add_argument("--insecure-dev", action="store_true",
-                    help="accept CDS calls without a JWT (local development only)")
+    sv.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="accept CDS calls without a JWT (local development only)",
+    )
 
     cf = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     cf.add_argument("--config", help="TOML configuration file")
@@ -97,8 +100,13 @@ def _serve(args: argparse.Namespace) -> int:
         svc = dataclasses.replace(svc, insecure_dev=True)
         settings = dataclasses.replace(settings, service=svc)
     app = create_app(settings)
-    uvicorn.run(app, host=args.host or svc.host, port=args.port or svc.port,
-                log_level="info", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host or svc.host,
+        port=args.port or svc.port,
+        log_level="info",
+        access_log=False,
+    )
     return 0
 
 

@@ -133,8 +133,9 @@ def _coerce(name: str, default: Any, raw: Any, where: str) -> Any:
     raise ConfigError(f"{where}: '{name}' has an unsupported type")
 
 
-def _apply(obj: Any, values: Mapping[str, Any], where: str, section: str,
-           origins: dict[str, str]) -> Any:
+def _apply(
+    obj: Any, values: Mapping[str, Any], where: str, section: str, origins: dict[str, str]
+) -> Any:
     known = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     changes: dict[str, Any] = {}
     for key, raw in values.items():
@@ -145,8 +146,9 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str, section: str,
     return dataclasses.replace(obj, **changes) if changes else obj
 
 
-def load_settings(path: str | os.PathLike[str] | None = None,
-                  env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
     """Load settings: defaults, then the TOML file, then environment variables."""
     env = os.environ if env is None else env
     origins: dict[str, str] = {}
@@ -164,29 +166,41 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         if unknown:
             raise ConfigError(f"{p}: unknown section(s) {', '.join(sorted(unknown))}")
     where = str(file) if file else ""
-    thresholds = _apply(DEFAULT_THRESHOLDS, data.get("thresholds", {}), where, "thresholds", origins)
+    thresholds = _apply(
+        DEFAULT_THRESHOLDS, data.get("thresholds", {}), where, "thresholds", origins
+    )
     service = _apply(ServiceSettings(), data.get("service", {}), where, "service", origins)
 
-    t_env = {k[len(THRESHOLD_ENV_PREFIX):].lower(): v for k, v in env.items()
-             if k.startswith(THRESHOLD_ENV_PREFIX)}
+    t_env = {
+        k[len(THRESHOLD_ENV_PREFIX) :].lower(): v
+        for k, v in env.items()
+        if k.startswith(THRESHOLD_ENV_PREFIX)
+    }
     thresholds = _apply(thresholds, t_env, "environment", "thresholds", origins)
     s_names = {f.name for f in dataclasses.fields(ServiceSettings)}
-    s_env = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
-             if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in s_names}
+    s_env = {
+        k[len(ENV_PREFIX) :].lower(): v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() in s_names
+    }
     service = _apply(service, s_env, "environment", "service", origins)
 
     issuers: dict[str, IssuerTrustConfig] = {}
     for iss, raw in (data.get("issuers") or {}).items():
         if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: [issuers.\"{iss}\"] must be a table")
+            raise ConfigError(f'{where}: [issuers."{iss}"] must be a table')
         issuers[iss] = _apply(IssuerTrustConfig(), raw, where, f"issuers.{iss}", origins)
     endpoints: dict[str, SubscriptionEndpoint] = {}
     for name, raw in (data.get("endpoints") or {}).items():
         if not isinstance(raw, dict) or "fhir_base" not in raw:
             raise ConfigError(f"{where}: [endpoints.{name}] needs fhir_base")
-        endpoints[name] = _apply(SubscriptionEndpoint(fhir_base=str(raw["fhir_base"])),
-                                 {k: v for k, v in raw.items() if k != "fhir_base"}, where,
-                                 f"endpoints.{name}", origins)
+        endpoints[name] = _apply(
+            SubscriptionEndpoint(fhir_base=str(raw["fhir_base"])),
+            {k: v for k, v in raw.items() if k != "fhir_base"},
+            where,
+            f"endpoints.{name}",
+            origins,
+        )
     _check(thresholds)
     return Settings(thresholds, service, issuers, endpoints, origins)
 

@@ -12,8 +12,18 @@ _ids = itertools.count(1)
 WBC, ANC, NEUT_PCT, BAND_PCT = "6690-2", "751-8", "770-8", "764-1"
 HB, PLT, MCV, TEMP, B12, FOLATE = "718-7", "777-3", "787-2", "8310-5", "2132-9", "2284-8"
 
-UNITS = {WBC: "10*3/uL", ANC: "10*3/uL", NEUT_PCT: "%", BAND_PCT: "%", HB: "g/dL",
-         PLT: "10*3/uL", MCV: "fL", TEMP: "Cel", B12: "pg/mL", FOLATE: "ng/mL"}
+UNITS = {
+    WBC: "10*3/uL",
+    ANC: "10*3/uL",
+    NEUT_PCT: "%",
+    BAND_PCT: "%",
+    HB: "g/dL",
+    PLT: "10*3/uL",
+    MCV: "fL",
+    TEMP: "Cel",
+    B12: "pg/mL",
+    FOLATE: "ng/mL",
+}
 
 
 def at(days_before: float = 0.0, hours_before: float = 0.0) -> str:
@@ -22,17 +32,35 @@ def at(days_before: float = 0.0, hours_before: float = 0.0) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def obs(code: str, value: float | None, when: str | None = None, *, unit: str | None = None,
-        ucum: str | None = "same", status: str = "final", oid: str | None = None,
-        low: float | None = None, patient: str = "p1", specimen: str | None = None,
-        **extra: Any) -> dict[str, Any]:
+def obs(
+    code: str,
+    value: float | None,
+    when: str | None = None,
+    *,
+    unit: str | None = None,
+    ucum: str | None = "same",
+    status: str = "final",
+    oid: str | None = None,
+    low: float | None = None,
+    patient: str = "p1",
+    specimen: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     unit = unit if unit is not None else UNITS.get(code, "1")
     o: dict[str, Any] = {
         "resourceType": "Observation",
         "id": oid or f"o{next(_ids)}",
         "status": status,
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "vital-signs" if code == TEMP else "laboratory"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs" if code == TEMP else "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": f"Patient/{patient}"},
         "effectiveDateTime": when or at(),
@@ -55,9 +83,17 @@ def patient(birth: str = "1970-05-01", gender: str = "female", pid: str = "p1") 
     return {"resourceType": "Patient", "id": pid, "birthDate": birth, "gender": gender}
 
 
-def cbc(wbc: float | None, anc: float | None = None, *, when: str | None = None,
-        neut_pct: float | None = None, hb: float | None = None, plt: float | None = None,
-        mcv: float | None = None, status: str = "final") -> list[dict[str, Any]]:
+def cbc(
+    wbc: float | None,
+    anc: float | None = None,
+    *,
+    when: str | None = None,
+    neut_pct: float | None = None,
+    hb: float | None = None,
+    plt: float | None = None,
+    mcv: float | None = None,
+    status: str = "final",
+) -> list[dict[str, Any]]:
     """One draw: the given analytes at the same time."""
     when = when or at()
     out = []
@@ -70,17 +106,40 @@ def cbc(wbc: float | None, anc: float | None = None, *, when: str | None = None,
 def med(name: str, rxnorm: str | None = None, status: str = "active") -> dict[str, Any]:
     concept: dict[str, Any] = {"text": name}
     if rxnorm:
-        concept["coding"] = [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                              "code": rxnorm, "display": name}]
-    return {"resourceType": "MedicationRequest", "id": f"m{next(_ids)}", "status": status,
-            "intent": "order", "subject": {"reference": "Patient/p1"},
-            "medicationCodeableConcept": concept}
+        concept["coding"] = [
+            {
+                "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                "code": rxnorm,
+                "display": name,
+            }
+        ]
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"m{next(_ids)}",
+        "status": status,
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": concept,
+    }
 
 
-def condition(text: str, code: tuple[str, str] | None = None, onset: str | None = None) -> dict[str, Any]:
-    c: dict[str, Any] = {"resourceType": "Condition", "id": f"c{next(_ids)}",
-                         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-                         "code": {"text": text}, "subject": {"reference": "Patient/p1"}}
+def condition(
+    text: str, code: tuple[str, str] | None = None, onset: str | None = None
+) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": f"c{next(_ids)}",
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": "active",
+                }
+            ]
+        },
+        "code": {"text": text},
+        "subject": {"reference": "Patient/p1"},
+    }
     if code:
         c["code"]["coding"] = [{"system": code[0], "code": code[1]}]
     if onset:
@@ -88,10 +147,18 @@ def condition(text: str, code: tuple[str, str] | None = None, onset: str | None 
     return c
 
 
-def order(system: str, code: str, priority: str = "routine", status: str = "active") -> dict[str, Any]:
-    return {"resourceType": "ServiceRequest", "id": f"sr{next(_ids)}", "status": status,
-            "intent": "order", "priority": priority, "subject": {"reference": "Patient/p1"},
-            "code": {"coding": [{"system": system, "code": code}]}}
+def order(
+    system: str, code: str, priority: str = "routine", status: str = "active"
+) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "id": f"sr{next(_ids)}",
+        "status": status,
+        "intent": "order",
+        "priority": priority,
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": system, "code": code}]},
+    }
 
 
 def bundle(*items: Any, type_: str = "collection") -> dict[str, Any]:

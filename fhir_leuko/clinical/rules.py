@@ -277,12 +277,19 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
     fever = fever_text is not None
     if fever_text is not None:
         c.find("fever", fever_text, SRC_FEVER)
-    anc_for_fn = anc if anc is not None else (idx_wbc if implied is not NeutropeniaGrade.UNKNOWN else None)
+    anc_for_fn = (
+        anc if anc is not None else (idx_wbc if implied is not NeutropeniaGrade.UNKNOWN else None)
+    )
     febrile_neutropenia = fever and anc_for_fn is not None and anc_for_fn < t.febrile_anc_below
     if febrile_neutropenia:
         c.find(
             "febrile-neutropenia",
-            f"Febrile neutropenia: fever with {anc_desc if anc is not None else f'WBC {idx_wbc:g} (so ANC < {t.febrile_anc_below:g})'}",
+            "Febrile neutropenia: fever with "
+            + (
+                anc_desc
+                if anc is not None
+                else f"WBC {idx_wbc:g} (so ANC < {t.febrile_anc_below:g})"
+            ),
             SRC_FN,
         )
 
@@ -301,7 +308,11 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
     pancytopenia = white_line and other_lines == 2
     bicytopenia = white_line and other_lines == 1
     if pancytopenia:
-        c.find("pancytopenia", "Pancytopenia: low white cells, haemoglobin and platelets", SRC_CYTOPENIA)
+        c.find(
+            "pancytopenia",
+            "Pancytopenia: low white cells, haemoglobin and platelets",
+            SRC_CYTOPENIA,
+        )
     elif bicytopenia:
         other = "haemoglobin" if anaemia else "platelets"
         c.find("bicytopenia", f"Bicytopenia: low white cells and low {other}", SRC_CYTOPENIA)
@@ -309,15 +320,27 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
     mcv = index.value(Analyte.MCV)
     macrocytosis = not child and mcv is not None and mcv > t.mcv_high
     if macrocytosis:
-        c.find("macrocytosis", f"Macrocytosis: MCV {mcv:g} fL (> {t.mcv_high:g})", "seed 002; seed 000")
+        c.find(
+            "macrocytosis", f"Macrocytosis: MCV {mcv:g} fL (> {t.mcv_high:g})", "seed 002; seed 000"
+        )
 
     window_start = idx_time - timedelta(days=t.trend_lookback_days)
     trend_draws = [d for d in draws if window_start <= d.time <= idx_time]
-    wbc_series = [(d.time, d.results[Analyte.WBC].value) for d in trend_draws if Analyte.WBC in d.results]
-    decline = _declining([v for _, v in wbc_series], t.decline_min_results) and wbc is not None and wbc < wbc_lln
+    wbc_series = [
+        (d.time, d.results[Analyte.WBC].value) for d in trend_draws if Analyte.WBC in d.results
+    ]
+    decline = (
+        _declining([v for _, v in wbc_series], t.decline_min_results)
+        and wbc is not None
+        and wbc < wbc_lln
+    )
     if decline:
         vals = ", ".join(f"{v:g}" for _, v in wbc_series[-t.decline_min_results :])
-        c.find("progressive-decline", f"Progressive decline: WBC {vals} over serial draws", "seed 000, seed 001")
+        c.find(
+            "progressive-decline",
+            f"Progressive decline: WBC {vals} over serial draws",
+            "seed 000, seed 001",
+        )
     stable = _stable(wbc_series, decline, t)
     if stable:
         c.find("stable", stable, "seed 000 (stable counts suggest benign etiology)")
@@ -353,34 +376,63 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
     severe = decision_grade in (NeutropeniaGrade.SEVERE, NeutropeniaGrade.PROFOUND)
     if febrile_neutropenia:
         rows.set(1, Risk.HIGH, "febrile neutropenia")
-        rows.evaluation(Priority.STAT, t.stat_evaluation_hours,
-                        "Febrile neutropenia: emergency assessment, blood cultures and empiric "
-                        "broad-spectrum antibiotics within 1 hour",
-                        "seed 000; ASCO/IDSA 2018")
+        rows.evaluation(
+            Priority.STAT,
+            t.stat_evaluation_hours,
+            "Febrile neutropenia: emergency assessment, blood cultures and empiric "
+            "broad-spectrum antibiotics within 1 hour",
+            "seed 000; ASCO/IDSA 2018",
+        )
     elif severe:
         rows.set(2, Risk.HIGH, f"{decision_grade.value} neutropenia without fever")
         why = f"{decision_grade.value.capitalize()} neutropenia ({anc_desc}): confirm within 24 h"
-        rows.repeat(Priority.ASAP, t.repeat_severe_start_d, t.repeat_severe_end_d, why, "seed 002; seed 000")
-        rows.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, why, "seed 000 (smear for dysplasia, blasts)")
-        rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ASAP, why, "seed 000 (referral mandatory below 1.0)")
+        rows.repeat(
+            Priority.ASAP, t.repeat_severe_start_d, t.repeat_severe_end_d, why, "seed 002; seed 000"
+        )
+        rows.add(
+            Action.PERIPHERAL_SMEAR, Priority.ASAP, why, "seed 000 (smear for dysplasia, blasts)"
+        )
+        rows.add(
+            Action.HAEMATOLOGY_REFERRAL,
+            Priority.ASAP,
+            why,
+            "seed 000 (referral mandatory below 1.0)",
+        )
     elif pancytopenia:
         rows.set(3, Risk.HIGH, "pancytopenia")
         why = "Pancytopenia suggests insufficient marrow production"
-        rows.repeat(Priority.ASAP, t.repeat_pancytopenia_start_d, t.repeat_pancytopenia_end_d, why, SRC_CYTOPENIA)
+        rows.repeat(
+            Priority.ASAP,
+            t.repeat_pancytopenia_start_d,
+            t.repeat_pancytopenia_end_d,
+            why,
+            SRC_CYTOPENIA,
+        )
         rows.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, why, SRC_CYTOPENIA)
         rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ASAP, why, SRC_CYTOPENIA)
         rows.b12_folate(Priority.ASAP, why)
     elif decision_grade is NeutropeniaGrade.MODERATE:
         risk = Risk.HIGH if high_risk else Risk.MODERATE
-        rows.set(4, risk, "moderate neutropenia" + (" on a high-risk medication" if high_risk else ""))
+        rows.set(
+            4, risk, "moderate neutropenia" + (" on a high-risk medication" if high_risk else "")
+        )
         why = f"Moderate neutropenia ({anc_desc}); haematology referral is mandatory below 1.0"
         if clozapine:
-            rows.repeat(Priority.URGENT, t.repeat_clozapine_start_d, t.repeat_clozapine_end_d,
-                        why + "; on clozapine, repeat within a day", "clozapine ANC monitoring")
+            rows.repeat(
+                Priority.URGENT,
+                t.repeat_clozapine_start_d,
+                t.repeat_clozapine_end_d,
+                why + "; on clozapine, repeat within a day",
+                "clozapine ANC monitoring",
+            )
         else:
-            rows.repeat(Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, why, "seed 000")
+            rows.repeat(
+                Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, why, "seed 000"
+            )
         rows.add(Action.PERIPHERAL_SMEAR, Priority.URGENT, why, "seed 000")
-        rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.URGENT, why, "seed 000 (mandatory below 1.0)")
+        rows.add(
+            Action.HAEMATOLOGY_REFERRAL, Priority.URGENT, why, "seed 000 (mandatory below 1.0)"
+        )
     elif (
         duffy
         and anc is not None
@@ -391,18 +443,27 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         and not decline
     ):
         rows.set(5, Risk.LOW, "Duffy-null phenotype explains the count")
-        c.hit("duffy-null-no-workup",
-              f"Documented Duffy-null phenotype with ANC {anc:g} >= {t.duffy_null_anc_floor:g} "
-              "and no other concern: no smear, B12/folate, referral or urgent evaluation",
-              SRC_DUFFY)
+        c.hit(
+            "duffy-null-no-workup",
+            f"Documented Duffy-null phenotype with ANC {anc:g} >= {t.duffy_null_anc_floor:g} "
+            "and no other concern: no smear, B12/folate, referral or urgent evaluation",
+            SRC_DUFFY,
+        )
     elif white_line and fever:
         rows.set(6, Risk.MODERATE, "low white count with fever")
-        rows.evaluation(Priority.URGENT, t.urgent_evaluation_hours,
-                        "Fever with a low white count suggests a serious bacterial infection: "
-                        "same-day clinical evaluation",
-                        "seed 000")
+        rows.evaluation(
+            Priority.URGENT,
+            t.urgent_evaluation_hours,
+            "Fever with a low white count suggests a serious bacterial infection: "
+            "same-day clinical evaluation",
+            "seed 000",
+        )
     elif white_line and (
-        (wbc is not None and wbc < t.wbc_red_flag) or bicytopenia or macrocytosis or decline or high_risk
+        (wbc is not None and wbc < t.wbc_red_flag)
+        or bicytopenia
+        or macrocytosis
+        or decline
+        or high_risk
     ):
         rows.set(7, Risk.MODERATE, "low white count with a red flag")
         reasons = [
@@ -418,48 +479,90 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         ]
         why = "Low white count with " + ", ".join(reasons)
         if clozapine and decision_grade is NeutropeniaGrade.MILD:
-            rows.repeat(Priority.URGENT, t.repeat_clozapine_start_d, t.repeat_clozapine_end_d,
-                        why + "; mild neutropenia on clozapine: repeat within a day",
-                        "clozapine ANC monitoring")
+            rows.repeat(
+                Priority.URGENT,
+                t.repeat_clozapine_start_d,
+                t.repeat_clozapine_end_d,
+                why + "; mild neutropenia on clozapine: repeat within a day",
+                "clozapine ANC monitoring",
+            )
         else:
-            rows.repeat(Priority.ROUTINE, t.repeat_mild_start_d, t.repeat_mild_end_d, why, "seed 002; seed 000")
+            rows.repeat(
+                Priority.ROUTINE,
+                t.repeat_mild_start_d,
+                t.repeat_mild_end_d,
+                why,
+                "seed 002; seed 000",
+            )
         if (wbc is not None and wbc < t.wbc_red_flag) or bicytopenia or macrocytosis or decline:
             rows.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, why, "seed 000")
         if bicytopenia or macrocytosis or decline:
             rows.b12_folate(Priority.ROUTINE, why)
         if bicytopenia or decline:
-            rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ROUTINE, why, "seed 000 (evolving marrow disorder)")
+            rows.add(
+                Action.HAEMATOLOGY_REFERRAL,
+                Priority.ROUTINE,
+                why,
+                "seed 000 (evolving marrow disorder)",
+            )
     elif persistent:
         rows.set(8, Risk.MODERATE, "persistent neutropenia")
         why = persistent
         rows.b12_folate(Priority.ROUTINE, why)
-        rows.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, why, "seed 002 (chronic neutropenia work-up)")
+        rows.add(
+            Action.PERIPHERAL_SMEAR, Priority.ROUTINE, why, "seed 002 (chronic neutropenia work-up)"
+        )
         rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ROUTINE, why, "seed 002", optional=True)
     elif leukopenia and stable and grade is NeutropeniaGrade.NONE:
         rows.set(9, Risk.LOW, "stable chronic leukopenia")
-        c.hit("reassuring", "Stable counts over time with a normal ANC are reassuring: no action needed",
-              "seed 000 (stable counts suggest benign etiology)")
+        c.hit(
+            "reassuring",
+            "Stable counts over time with a normal ANC are reassuring: no action needed",
+            "seed 000 (stable counts suggest benign etiology)",
+        )
     elif white_line:
         rows.set(10, Risk.LOW, "mild, isolated low white count")
         if child and recent_viral:
-            rows.repeat(Priority.ROUTINE, t.repeat_child_viral_start_d, t.repeat_child_viral_end_d,
-                        "Child with a recent viral illness: transient post-viral leukopenia is likely",
-                        "seeds 001, 004 (transient viral suppression)")
+            rows.repeat(
+                Priority.ROUTINE,
+                t.repeat_child_viral_start_d,
+                t.repeat_child_viral_end_d,
+                "Child with a recent viral illness: transient post-viral leukopenia is likely",
+                "seeds 001, 004 (transient viral suppression)",
+            )
         elif decision_grade is NeutropeniaGrade.MILD:
-            rows.repeat(Priority.ROUTINE, t.repeat_mild_start_d, t.repeat_mild_end_d,
-                        f"Mild neutropenia ({anc_desc}): repeat CBC in 1-2 weeks", "seed 002")
+            rows.repeat(
+                Priority.ROUTINE,
+                t.repeat_mild_start_d,
+                t.repeat_mild_end_d,
+                f"Mild neutropenia ({anc_desc}): repeat CBC in 1-2 weeks",
+                "seed 002",
+            )
         elif grade is NeutropeniaGrade.UNKNOWN:
-            rows.repeat(Priority.ROUTINE, t.repeat_anc_unknown_start_d, t.repeat_anc_unknown_end_d,
-                        "Leukopenia with no differential: a CBC with differential is needed to know the ANC",
-                        "clinical-rules.md row 11 (ANC unknown), the safer window")
+            rows.repeat(
+                Priority.ROUTINE,
+                t.repeat_anc_unknown_start_d,
+                t.repeat_anc_unknown_end_d,
+                "Leukopenia with no differential: a CBC with differential is needed for the ANC",
+                "clinical-rules.md row 11 (ANC unknown), the safer window",
+            )
         else:
-            rows.repeat(Priority.ROUTINE, t.repeat_leukopenia_start_d, t.repeat_leukopenia_end_d,
-                        f"Mild leukopenia with normal ANC: repeat CBC in 4-6 weeks to confirm stability",
-                        "seed 000")
+            rows.repeat(
+                Priority.ROUTINE,
+                t.repeat_leukopenia_start_d,
+                t.repeat_leukopenia_end_d,
+                "Mild leukopenia with normal ANC: repeat CBC in 4-6 weeks to confirm stability",
+                "seed 000",
+            )
     elif grade is NeutropeniaGrade.UNKNOWN:
         rows.set(11, Risk.LOW, "ANC unknown")
-        rows.repeat(Priority.ROUTINE, t.repeat_anc_unknown_start_d, t.repeat_anc_unknown_end_d,
-                    "No differential in the latest CBC: the ANC is unknown", SRC_TABLE + " row 11")
+        rows.repeat(
+            Priority.ROUTINE,
+            t.repeat_anc_unknown_start_d,
+            t.repeat_anc_unknown_end_d,
+            "No differential in the latest CBC: the ANC is unknown",
+            SRC_TABLE + " row 11",
+        )
     else:
         rows.set(12, Risk.NEGLIGIBLE, "normal")
         return _normal(c, draws, index, anc_lln, wbc_lln)
@@ -501,7 +604,9 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         now=now,
         risk=rows.risk,
         row=rows.row,
-        headline=_headline(rows.row, rows.label, wbc, anc, index.anc_derived, decision_grade, fever),
+        headline=_headline(
+            rows.row, rows.label, wbc, anc, index.anc_derived, decision_grade, fever
+        ),
         grade=grade,
         index_draw=index,
         wbc=wbc,
@@ -547,24 +652,38 @@ class _Decision:
         if end < self.c.now:
             # The window has passed since the index CBC: it is overdue, so it starts now.
             span = end - start
-            return self.c.now, self.c.now + span, " (overdue: the window counted from the index CBC has passed)"
+            return (
+                self.c.now,
+                self.c.now + span,
+                " (overdue: the window counted from the index CBC has passed)",
+            )
         return start, end, ""
 
     def repeat(self, priority: Priority, start_d: int, end_d: int, why: str, source: str) -> None:
         start, end, note = self._window(start_d, end_d)
         self._propose(
-            Recommendation(Action.REPEAT_CBC, priority, start, end,
-                           f"{why}; repeat CBC with differential {start_d}-{end_d} days after the index CBC{note}",
-                           source)
+            Recommendation(
+                Action.REPEAT_CBC,
+                priority,
+                start,
+                end,
+                f"{why}; repeat CBC with differential {start_d}-{end_d} days after the index CBC"
+                + note,
+                source,
+            )
         )
 
     def evaluation(self, priority: Priority, hours: int, why: str, source: str) -> None:
         now = self.c.now
         self._propose(
-            Recommendation(Action.URGENT_EVALUATION, priority, now, now + timedelta(hours=hours), why, source)
+            Recommendation(
+                Action.URGENT_EVALUATION, priority, now, now + timedelta(hours=hours), why, source
+            )
         )
 
-    def add(self, action: Action, priority: Priority, why: str, source: str, *, optional: bool = False) -> None:
+    def add(
+        self, action: Action, priority: Priority, why: str, source: str, *, optional: bool = False
+    ) -> None:
         start, end, _ = self._window(0, 14 if priority is Priority.ROUTINE else 7)
         self._propose(Recommendation(action, priority, start, end, why, source, optional))
 
@@ -573,43 +692,74 @@ class _Decision:
         t, now = self.c.t, self.c.now
         recent = now - timedelta(days=t.b12_folate_recent_days)
         latest: dict[Analyte, Result] = {}
-        for r in self.c.labs.results:
-            if r.analyte in (Analyte.VITAMIN_B12, Analyte.FOLATE) and recent <= r.time <= now:
-                if r.analyte not in latest or r.time > latest[r.analyte].time:
-                    latest[r.analyte] = r
-        floors = {Analyte.VITAMIN_B12: t.b12_normal_min_pg_ml, Analyte.FOLATE: t.folate_normal_min_ng_ml}
+        for res in self.c.labs.results:
+            if (
+                res.analyte in (Analyte.VITAMIN_B12, Analyte.FOLATE)
+                and recent <= res.time <= now
+                and (res.analyte not in latest or res.time > latest[res.analyte].time)
+            ):
+                latest[res.analyte] = res
+        floors = {
+            Analyte.VITAMIN_B12: t.b12_normal_min_pg_ml,
+            Analyte.FOLATE: t.folate_normal_min_ng_ml,
+        }
         units = {Analyte.VITAMIN_B12: "pg/mL", Analyte.FOLATE: "ng/mL"}
-        for analyte, action in ((Analyte.VITAMIN_B12, Action.VITAMIN_B12), (Analyte.FOLATE, Action.FOLATE)):
+        for analyte, action in (
+            (Analyte.VITAMIN_B12, Action.VITAMIN_B12),
+            (Analyte.FOLATE, Action.FOLATE),
+        ):
             r = latest.get(analyte)
             if r is None:
                 start, end, _ = self._window(0, 14 if priority is Priority.ROUTINE else 7)
-                self._propose(Recommendation(action, priority, start, end,
-                                             why + "; B12 and folate deficiency cause leukopenia",
-                                             "seed 000 (megaloblastosis); seeds 001, 002, 004"))
+                self._propose(
+                    Recommendation(
+                        action,
+                        priority,
+                        start,
+                        end,
+                        why + "; B12 and folate deficiency cause leukopenia",
+                        "seed 000 (megaloblastosis); seeds 001, 002, 004",
+                    )
+                )
                 continue
             floor = r.ref_low if r.ref_low is not None else floors[analyte]
             state = "normal" if r.value >= floor else "LOW"
-            msg = (f"{analyte.value} not proposed: resulted {state} ({r.value:g} {units[analyte]}) on "
-                   f"{r.time.date().isoformat()}, within {t.b12_folate_recent_days} days")
+            msg = (
+                f"{analyte.value} not proposed: resulted {state} ({r.value:g} {units[analyte]}) on "
+                f"{r.time.date().isoformat()}, within {t.b12_folate_recent_days} days"
+            )
             if state == "LOW":
                 msg += " - a deficiency that may explain the count"
             self.not_proposed.append(msg)
-            self.c.hit(f"recent-{analyte.value}", msg, "lab reference ranges; clinical-rules.md section 3")
+            self.c.hit(
+                f"recent-{analyte.value}", msg, "lab reference ranges; clinical-rules.md section 3"
+            )
 
     def _propose(self, rec: Recommendation) -> None:
         for order in self.c.labs.open_orders:
             if order.action is rec.action and order.priority.rank >= rec.priority.rank:
-                msg = (f"{rec.action.value} not proposed: already open as {order.ref} "
-                       f"({order.priority.value})")
+                msg = (
+                    f"{rec.action.value} not proposed: already open as {order.ref} "
+                    f"({order.priority.value})"
+                )
                 self.not_proposed.append(msg)
-                self.c.hit("already-open", msg, "clinical-rules.md section 3 (never propose what is open)")
+                self.c.hit(
+                    "already-open", msg, "clinical-rules.md section 3 (never propose what is open)"
+                )
                 return
         for order in self.c.labs.open_orders:
             if order.action is rec.action:
-                rec = replace(rec, reason=rec.reason + f"; an open {order.ref} is only "
-                              f"{order.priority.value}, which is not soon enough")
+                rec = replace(
+                    rec,
+                    reason=rec.reason + f"; an open {order.ref} is only "
+                    f"{order.priority.value}, which is not soon enough",
+                )
         self.recs.append(rec)
-        self.c.hit(f"suggest:{rec.action.value}", f"{rec.action.value} ({rec.priority.value}): {rec.reason}", rec.source)
+        self.c.hit(
+            f"suggest:{rec.action.value}",
+            f"{rec.action.value} ({rec.priority.value}): {rec.reason}",
+            rec.source,
+        )
 
 
 def _index_draw(draws: Sequence[Draw]) -> Draw | None:
@@ -634,7 +784,9 @@ def _grade(anc: float | None, lln: float, t: Thresholds) -> NeutropeniaGrade:
     return NeutropeniaGrade.PROFOUND
 
 
-def _fever(temps: Sequence[Result], index_time: datetime, now: datetime, t: Thresholds) -> str | None:
+def _fever(
+    temps: Sequence[Result], index_time: datetime, now: datetime, t: Thresholds
+) -> str | None:
     since = index_time - timedelta(hours=t.fever_lookback_hours)
     window = sorted((r for r in temps if since <= r.time <= now), key=lambda r: r.time)
     single = [r for r in window if r.value >= t.fever_single_c]
@@ -646,8 +798,10 @@ def _fever(temps: Sequence[Result], index_time: datetime, now: datetime, t: Thre
     for i, a in enumerate(high):
         for b in high[i + 1 :]:
             if b.time - a.time >= gap:
-                return (f"Fever: {a.value:g} C and {b.value:g} C at least "
-                        f"{t.fever_sustained_gap_hours:g} h apart (>= {t.fever_sustained_c:g} C)")
+                return (
+                    f"Fever: {a.value:g} C and {b.value:g} C at least "
+                    f"{t.fever_sustained_gap_hours:g} h apart (>= {t.fever_sustained_c:g} C)"
+                )
     return None
 
 
@@ -679,8 +833,10 @@ def _stable(series: Sequence[tuple[datetime, float]], decline: bool, t: Threshol
     span = (series[-1][0] - series[0][0]).days
     values = [v for _, v in series]
     if span >= t.stable_min_span_days and max(values) - min(values) <= t.stable_max_range:
-        return (f"Stable: {len(values)} WBC results over {span} days between "
-                f"{min(values):g} and {max(values):g}")
+        return (
+            f"Stable: {len(values)} WBC results over {span} days between "
+            f"{min(values):g} and {max(values):g}"
+        )
     return None
 
 
@@ -698,8 +854,10 @@ def _persistent(draws: Sequence[Draw], anc_lln: float, decline: bool, t: Thresho
     span = (run[-1].time - run[0].time).days
     ancs = [d.anc for d in run if d.anc is not None]
     if span > t.persistent_min_span_days and not _declining(ancs, t.decline_min_results):
-        return (f"Persistent neutropenia: ANC below {anc_lln:g} on {len(run)} draws over "
-                f"{span} days (latest {ancs[-1]:g})")
+        return (
+            f"Persistent neutropenia: ANC below {anc_lln:g} on {len(run)} draws over "
+            f"{span} days (latest {ancs[-1]:g})"
+        )
     return None
 
 
@@ -712,10 +870,13 @@ def _headline(
     grade: NeutropeniaGrade,
     fever: bool,
 ) -> str:
-    counts = f"WBC {_fmt(wbc)}, ANC {_fmt(anc)}{' (derived)' if derived and anc is not None else ''}"
+    counts = (
+        f"WBC {_fmt(wbc)}, ANC {_fmt(anc)}{' (derived)' if derived and anc is not None else ''}"
+    )
     text = {
         1: f"Febrile neutropenia ({counts}): emergency evaluation and antibiotics within 1 hour",
-        2: f"{grade.value.capitalize()} neutropenia ({counts}): repeat CBC within 24 h, smear, haematology now",
+        2: f"{grade.value.capitalize()} neutropenia ({counts}): repeat CBC within 24 h, smear, "
+        "haematology now",
         3: f"Pancytopenia ({counts}): urgent haematology work-up",
         4: f"Moderate neutropenia ({counts}): repeat CBC, smear and haematology referral",
         5: f"Low count explained by documented Duffy-null phenotype ({counts}): no work-up needed",
@@ -729,14 +890,18 @@ def _headline(
     return text[:139]
 
 
-def _normal(c: _Ctx, draws: Sequence[Draw], index: Draw | None, anc_lln: float, wbc_lln: float | None) -> Assessment:
+def _normal(
+    c: _Ctx, draws: Sequence[Draw], index: Draw | None, anc_lln: float, wbc_lln: float | None
+) -> Assessment:
     return Assessment(
         patient_id=c.labs.patient_id,
         now=c.now,
         risk=Risk.NEGLIGIBLE,
         row=12,
         headline="No leukopenia or neutropenia",
-        grade=NeutropeniaGrade.NONE if index is not None and index.anc is not None else NeutropeniaGrade.UNKNOWN,
+        grade=NeutropeniaGrade.NONE
+        if index is not None and index.anc is not None
+        else NeutropeniaGrade.UNKNOWN,
         index_draw=index,
         wbc=index.value(Analyte.WBC) if index else None,
         wbc_lln=wbc_lln,

@@ -70,7 +70,9 @@ TEMPERATURE_LOINC: tuple[str, ...] = ("8310-5",)
 #: What we emit for each action (codes.md "Emitted"): (system, code, display) pairs.
 ACTION_CODINGS: Mapping[Action, tuple[tuple[str, str, str], ...]] = {
     Action.REPEAT_CBC: ((LOINC, "57021-8", "CBC W Auto Differential panel - Blood"),),
-    Action.VITAMIN_B12: ((LOINC, "2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma"),),
+    Action.VITAMIN_B12: (
+        (LOINC, "2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma"),
+    ),
     Action.FOLATE: ((LOINC, "2284-8", "Folate [Mass/volume] in Serum or Plasma"),),
     Action.PERIPHERAL_SMEAR: ((LOINC, "34994-4", "Smear morphology panel - Blood"),),
     Action.HAEMATOLOGY_REFERRAL: (
@@ -203,7 +205,11 @@ CONDITION_MATCHERS: Mapping[str, tuple[frozenset[str], tuple[str, ...], tuple[st
     "hiv": (frozenset({"86406008"}), ("B20", "Z21"), ("hiv", "human immunodeficiency virus")),
     "hypersplenism": (frozenset(), ("D73.1",), ("hypersplenism", "splenomegaly")),
     "chemotherapy": (frozenset(), ("Z51.1",), ("chemotherapy",)),
-    "alcohol-use": (frozenset({"7200002"}), ("F10",), ("alcohol use", "alcohol dependence", "alcoholism", "alcohol abuse")),
+    "alcohol-use": (
+        frozenset({"7200002"}),
+        ("F10",),
+        ("alcohol use", "alcohol dependence", "alcoholism", "alcohol abuse"),
+    ),
     "viral-infection": (
         frozenset({"34014006"}),
         ("B34", "J10", "J11", "B27", "U07.1"),

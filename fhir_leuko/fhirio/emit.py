@@ -26,8 +26,12 @@ JSON = dict[str, Any]
 
 _NS = uuid.UUID("8f0b6c1e-3c1a-5d7e-9a41-6c2f0e9b7d13")  # fhir-leuko's uuid5 namespace
 
-_RISK_DISPLAY = {"negligible": "Negligible likelihood", "low": "Low likelihood",
-                 "moderate": "Moderate likelihood", "high": "High likelihood"}
+_RISK_DISPLAY = {
+    "negligible": "Negligible likelihood",
+    "low": "Low likelihood",
+    "moderate": "Moderate likelihood",
+    "high": "High likelihood",
+}
 
 
 def instant(dt: datetime) -> str:
@@ -49,8 +53,14 @@ def _patient(a: Assessment) -> str:
 
 def risk_assessment_identifier(a: Assessment) -> str:
     """Same patient, index CBC and conclusion -> same identifier; a new conclusion -> a new one."""
-    return _digest(_patient(a), "risk-assessment", _index_key(a), a.risk.value, str(a.row),
-                   ",".join(sorted(a.finding_codes)))
+    return _digest(
+        _patient(a),
+        "risk-assessment",
+        _index_key(a),
+        a.risk.value,
+        str(a.row),
+        ",".join(sorted(a.finding_codes)),
+    )
 
 
 def service_request_identifier(a: Assessment, rec: Recommendation) -> str:
@@ -68,7 +78,9 @@ def subject_of(a: Assessment) -> JSON:
 
 
 def finding_concept(f: Finding) -> JSON:
-    coding = [{"system": codes.FINDING_SYSTEM, "code": f.code, "display": codes.FINDING_DISPLAY[f.code]}]
+    coding = [
+        {"system": codes.FINDING_SYSTEM, "code": f.code, "display": codes.FINDING_DISPLAY[f.code]}
+    ]
     snomed = codes.FINDING_SNOMED.get(f.code)
     if snomed is not None:
         coding.append({"system": codes.SNOMED, "code": snomed[0], "display": snomed[1]})
@@ -88,15 +100,21 @@ def rationale(a: Assessment) -> str:
 
 def risk_assessment(a: Assessment) -> JSON:
     ident = risk_assessment_identifier(a)
-    notes = [
-        {"text": f"Data issue: {i.message}"} for i in a.issues if i.severity != "information"
-    ]
+    notes = [{"text": f"Data issue: {i.message}"} for i in a.issues if i.severity != "information"]
     if a.medications:
-        notes.append({"text": "Active medications known to lower white cells: "
-                      + "; ".join(f"{m.name} ({m.ref}, matched by {m.matched_by})" for m in a.medications)})
+        notes.append(
+            {
+                "text": "Active medications known to lower white cells: "
+                + "; ".join(f"{m.name} ({m.ref}, matched by {m.matched_by})" for m in a.medications)
+            }
+        )
     if a.conditions:
-        notes.append({"text": "Recorded conditions that can explain it: "
-                      + "; ".join(f"{c.display} ({c.ref})" for c in a.conditions)})
+        notes.append(
+            {
+                "text": "Recorded conditions that can explain it: "
+                + "; ".join(f"{c.display} ({c.ref})" for c in a.conditions)
+            }
+        )
     ra: JSON = {
         "resourceType": "RiskAssessment",
         "id": resource_id(ident),
@@ -112,8 +130,13 @@ def risk_assessment(a: Assessment) -> JSON:
             {
                 "outcome": {"text": "Serious infection or an untreated marrow disorder"},
                 "qualitativeRisk": {
-                    "coding": [{"system": codes.RISK_PROBABILITY, "code": a.risk.value,
-                                "display": _RISK_DISPLAY[a.risk.value]}]
+                    "coding": [
+                        {
+                            "system": codes.RISK_PROBABILITY,
+                            "code": a.risk.value,
+                            "display": _RISK_DISPLAY[a.risk.value],
+                        }
+                    ]
                 },
                 "rationale": rationale(a),
             }
@@ -126,12 +149,22 @@ def risk_assessment(a: Assessment) -> JSON:
 
 def service_request(a: Assessment, rec: Recommendation, ra: JSON) -> JSON:
     ident = service_request_identifier(a, rec)
-    coding = [{"system": s, "code": c, "display": d} for s, c, d in codes.ACTION_CODINGS[rec.action]]
-    coding.append({"system": codes.ACTION_SYSTEM, "code": rec.action.value,
-                   "display": codes.ACTION_DISPLAY[rec.action]})
+    coding = [
+        {"system": s, "code": c, "display": d} for s, c, d in codes.ACTION_CODINGS[rec.action]
+    ]
+    coding.append(
+        {
+            "system": codes.ACTION_SYSTEM,
+            "code": rec.action.value,
+            "display": codes.ACTION_DISPLAY[rec.action],
+        }
+    )
     urgent = rec.action is Action.URGENT_EVALUATION
-    period = ({"start": instant(rec.start), "end": instant(rec.end)} if urgent
-              else {"start": rec.start.date().isoformat(), "end": rec.end.date().isoformat()})
+    period = (
+        {"start": instant(rec.start), "end": instant(rec.end)}
+        if urgent
+        else {"start": rec.start.date().isoformat(), "end": rec.end.date().isoformat()}
+    )
     index_refs = [r for r in (a.index_draw.refs if a.index_draw else ()) if "#" not in r]
     sr: JSON = {
         "resourceType": "ServiceRequest",
@@ -145,12 +178,13 @@ def service_request(a: Assessment, rec: Recommendation, ra: JSON) -> JSON:
         "subject": subject_of(a),
         "occurrencePeriod": period,
         "authoredOn": instant(a.now),
-        "performerType": {"text": "Haematology"} if rec.action is Action.HAEMATOLOGY_REFERRAL else None,
+        "performerType": {"text": "Haematology"}
+        if rec.action is Action.HAEMATOLOGY_REFERRAL
+        else None,
         "reasonCode": [finding_concept(f) for f in a.findings],
         "reasonReference": [{"reference": r} for r in index_refs] or None,
         "supportingInfo": [reference_to(ra)],
-        "note": [{"text": f"{rec.reason} [{rec.source}]"
-                  + (" Optional." if rec.optional else "")}],
+        "note": [{"text": f"{rec.reason} [{rec.source}]" + (" Optional." if rec.optional else "")}],
     }
     return _prune(sr)
 

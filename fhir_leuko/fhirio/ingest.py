@@ -42,7 +42,9 @@ INACTIVE_CONDITION_STATUSES = frozenset({"inactive", "remission", "resolved"})
 BAD_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 
 _NAME_RE = re.compile(
-    r"\b(" + "|".join(re.escape(n) for n in sorted(codes.HIGH_RISK_NAMES, key=len, reverse=True)) + r")\b"
+    r"\b("
+    + "|".join(re.escape(n) for n in sorted(codes.HIGH_RISK_NAMES, key=len, reverse=True))
+    + r")\b"
 )
 _CONDITION_WORDS = {
     kind: re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b")
@@ -145,11 +147,14 @@ def ingest_resources(
     subject_ids = {s for s in reader.subjects if s}
     pid = patient_id
     if pid is None:
-        ids = {p.get("id") for p in patients if isinstance(p.get("id"), str)} | subject_ids
+        ids: set[str] = {
+            str(p["id"]) for p in patients if isinstance(p.get("id"), str)
+        } | subject_ids
         if len(ids) > 1:
             shown = ", ".join(f"Patient/{i}" for i in sorted(ids)[:3])
             raise InputError(
-                f"the input holds data of more than one patient ({shown}); evaluate one patient at a time"
+                f"the input holds data of more than one patient ({shown}); "
+                "evaluate one patient at a time"
             )
         pid = next(iter(ids), None)
     elif subject_ids - {pid}:
@@ -157,7 +162,9 @@ def ingest_resources(
         raise InputError(
             f"Observations belong to Patient/{other}, not to the requested Patient/{pid}"
         )
-    patient = next((p for p in patients if p.get("id") == pid), patients[0] if len(patients) == 1 else None)
+    patient = next(
+        (p for p in patients if p.get("id") == pid), patients[0] if len(patients) == 1 else None
+    )
     birth, sex = None, None
     if patient is not None:
         birth = _parse_birth(patient.get("birthDate"), reader)
@@ -169,7 +176,9 @@ def ingest_resources(
     results = reader.results
     if report_draw:
         results = [
-            r if r.draw_id is not None or r.ref not in report_draw else _with_draw(r, report_draw[r.ref])
+            r
+            if r.draw_id is not None or r.ref not in report_draw
+            else _with_draw(r, report_draw[r.ref])
             for r in results
         ]
     return PatientLabs(
@@ -258,7 +267,9 @@ class _Reader:
             Analyte.FOLATE: (0.0, 1e4),
         }
 
-    def issue(self, code: str, message: str, ref: str | None = None, severity: str = "warning") -> None:
+    def issue(
+        self, code: str, message: str, ref: str | None = None, severity: str = "warning"
+    ) -> None:
         self.issues.append(DataIssue(code, message, ref, severity))
 
     # --- Observations -------------------------------------------------------------------------
@@ -284,9 +295,16 @@ class _Reader:
         status = obs.get("status")
         if status not in USED_STATUSES:
             if status in IGNORED_STATUSES:
-                self.issue("ignored-status", f"{ref} has status '{status}' and was not used", ref, "information")
+                self.issue(
+                    "ignored-status",
+                    f"{ref} has status '{status}' and was not used",
+                    ref,
+                    "information",
+                )
             else:
-                self.issue("bad-status", f"{ref} has an unknown status '{status}' and was not used", ref)
+                self.issue(
+                    "bad-status", f"{ref} has an unknown status '{status}' and was not used", ref
+                )
             return
         subj = obs.get("subject")
         if isinstance(subj, dict) and isinstance(subj.get("reference"), str):
@@ -311,8 +329,15 @@ class _Reader:
                     if isinstance(c, dict) and c.get("system") == codes.LOINC:
                         a = codes.LOINC_ANALYTES.get(c.get("code"))  # type: ignore[arg-type]
                         if a is not None:
-                            self._value(comp, a, c["code"], f"{ref}#component[{i}]", status, when,
-                                        draw_id or ref)
+                            self._value(
+                                comp,
+                                a,
+                                c["code"],
+                                f"{ref}#component[{i}]",
+                                status,
+                                when,
+                                draw_id or ref,
+                            )
                             break
 
     def _time(self, obs: JSON, ref: str) -> datetime | None:
@@ -325,17 +350,35 @@ class _Reader:
         if when is None:
             issued = parse_time(obs.get("issued"))
             if issued is not None:
-                self.issue("no-effective-time", f"{ref} has no usable effective time; its issued time was used",
-                           ref, "information")
+                self.issue(
+                    "no-effective-time",
+                    f"{ref} has no usable effective time; its issued time was used",
+                    ref,
+                    "information",
+                )
                 return issued
-            self.issue("no-effective-time", f"{ref} has no usable effective time and was not used", ref)
+            self.issue(
+                "no-effective-time", f"{ref} has no usable effective time and was not used", ref
+            )
         return when
 
-    def _value(self, holder: JSON, analyte: Analyte, loinc: str | None, ref: str, status: str,
-               when: datetime, draw_id: str | None) -> None:
+    def _value(
+        self,
+        holder: JSON,
+        analyte: Analyte,
+        loinc: str | None,
+        ref: str,
+        status: str,
+        when: datetime,
+        draw_id: str | None,
+    ) -> None:
         if holder.get("dataAbsentReason") is not None:
-            self.issue("data-absent", f"{ref} ({analyte.value}) has a dataAbsentReason: not a result",
-                       ref, "information")
+            self.issue(
+                "data-absent",
+                f"{ref} ({analyte.value}) has a dataAbsentReason: not a result",
+                ref,
+                "information",
+            )
             return
         q = holder.get("valueQuantity")
         ucum: str | None = None
@@ -351,11 +394,15 @@ class _Reader:
         elif "valueString" in holder:
             raw = holder["valueString"]
         else:
-            self.issue("no-value", f"{ref} ({analyte.value}) has no numeric value: not a result", ref)
+            self.issue(
+                "no-value", f"{ref} ({analyte.value}) has no numeric value: not a result", ref
+            )
             return
         value = _number(raw)
         if value is None:
-            self.issue("unparseable-value", f"{ref} ({analyte.value}) value '{raw}' is not a number", ref)
+            self.issue(
+                "unparseable-value", f"{ref} ({analyte.value}) value '{raw}' is not a number", ref
+            )
             return
         try:
             conv = converter_for(analyte, ucum, unit)
@@ -363,6 +410,7 @@ class _Reader:
             self.issue(p.code, f"{ref}: {p}; the value was not used", ref)
             return
         v = conv(value)
+        low: float | None
         if loinc == codes.RBC_FOLATE and analyte is Analyte.FOLATE:
             low = self._ref_low(holder, analyte, ucum, unit) or self.t.rbc_folate_normal_min_ng_ml
         else:
@@ -370,9 +418,12 @@ class _Reader:
         lo, hi = self._plausible[analyte]
         if not (lo <= v <= hi):
             shown = f"{value:g} {ucum or unit or ''}".strip()
-            self.issue("implausible-value",
-                       f"{ref}: {analyte.value} {shown} is outside any plausible range (wrong unit?); "
-                       "the value was not used", ref)
+            self.issue(
+                "implausible-value",
+                f"{ref}: {analyte.value} {shown} is outside any plausible range (wrong unit?); "
+                "the value was not used",
+                ref,
+            )
             return
         if comparator in ("<", "<="):
             v = math.nextafter(v, -math.inf) if comparator == "<" else v
@@ -380,7 +431,9 @@ class _Reader:
             v = math.nextafter(v, math.inf) if comparator == ">" else v
         self.results.append(Result(analyte, v, when, ref, status, low, draw_id))
 
-    def _ref_low(self, holder: JSON, analyte: Analyte, ucum: str | None, unit: str | None) -> float | None:
+    def _ref_low(
+        self, holder: JSON, analyte: Analyte, ucum: str | None, unit: str | None
+    ) -> float | None:
         rr = holder.get("referenceRange")
         if not isinstance(rr, list):
             return None
@@ -408,8 +461,12 @@ class _Reader:
         if _DUFFY_VALUE_RE.search(vals):
             ref = _ref_of(obs)
             self.conditions.append(
-                ClinicalCondition("duffy-null", "Duffy-null phenotype (Fy(a-b-))", ref,
-                                  "Observation text 'Duffy' with a null/negative value")
+                ClinicalCondition(
+                    "duffy-null",
+                    "Duffy-null phenotype (Fy(a-b-))",
+                    ref,
+                    "Observation text 'Duffy' with a null/negative value",
+                )
             )
             return True
         return False
@@ -428,8 +485,14 @@ class _Reader:
             if isinstance(mref, dict) and isinstance(mref.get("reference"), str):
                 r = mref["reference"]
                 if r.startswith("#"):
-                    target = next((c for c in res.get("contained") or () if isinstance(c, dict)
-                                   and c.get("id") == r[1:]), None)
+                    target = next(
+                        (
+                            c
+                            for c in res.get("contained") or ()
+                            if isinstance(c, dict) and c.get("id") == r[1:]
+                        ),
+                        None,
+                    )
                 else:
                     target = by_ref.get(_rel(r))
                 if target is None and isinstance(mref.get("display"), str):
@@ -451,12 +514,22 @@ class _Reader:
         if not isinstance(code, dict):
             return
         ref = _ref_of(res)
-        onset = parse_time(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start")
-                           or res.get("recordedDate"))
+        onset = parse_time(
+            res.get("onsetDateTime")
+            or (res.get("onsetPeriod") or {}).get("start")
+            or res.get("recordedDate")
+        )
         text = " ".join(_texts(code)).lower()
         if "duffy" in text and _DUFFY_VALUE_RE.search(text):
-            self.conditions.append(ClinicalCondition("duffy-null", "Duffy-null phenotype (Fy(a-b-))", ref,
-                                                     "Condition text 'Duffy' null", onset))
+            self.conditions.append(
+                ClinicalCondition(
+                    "duffy-null",
+                    "Duffy-null phenotype (Fy(a-b-))",
+                    ref,
+                    "Condition text 'Duffy' null",
+                    onset,
+                )
+            )
             return
         codings = [c for c in code.get("coding") or () if isinstance(c, dict)]
         for kind, (snomed, icd, _) in codes.CONDITION_MATCHERS.items():

@@ -13,8 +13,13 @@ from tests.builders import TEMP, at, bundle, cbc, obs, patient
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "fhir_leuko", *args], input=stdin,
-                          capture_output=True, check=False, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fhir_leuko", *args],
+        input=stdin,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def write(tmp_path: Path, doc: object) -> str:
@@ -37,7 +42,11 @@ def test_text_output_reads_as_a_summary(tmp_path: Path) -> None:
     r = run("evaluate", f, "--now", "2026-03-10T12:00:00Z", "--format", "text")
     text = r.stdout.decode()
     assert r.returncode == 0
-    assert "[CRITICAL]" in text and "Febrile neutropenia" in text and "urgent-evaluation [stat]" in text
+    assert (
+        "[CRITICAL]" in text
+        and "Febrile neutropenia" in text
+        and "urgent-evaluation [stat]" in text
+    )
 
 
 def test_normal_cbc_exits_zero(tmp_path: Path) -> None:

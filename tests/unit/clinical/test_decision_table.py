@@ -7,7 +7,21 @@ import pytest
 from fhir_leuko.clinical.model import Action, Assessment, NeutropeniaGrade, Priority, Risk
 from fhir_leuko.service import evaluate
 from tests.builders import (
-    ANC, B12, FOLATE, NEUT_PCT, NOW, TEMP, WBC, at, bundle, cbc, condition, med, obs, order, patient,
+    ANC,
+    B12,
+    FOLATE,
+    NEUT_PCT,
+    NOW,
+    TEMP,
+    WBC,
+    at,
+    bundle,
+    cbc,
+    condition,
+    med,
+    obs,
+    order,
+    patient,
 )
 
 
@@ -20,6 +34,7 @@ def actions(a: Assessment) -> dict[Action, Priority]:
 
 
 # --- Tier boundaries: the lower bound belongs to the tier ----------------------------------------
+
 
 @pytest.mark.parametrize(
     ("anc", "grade"),
@@ -55,6 +70,7 @@ def test_derived_anc_of_exactly_1_5_is_not_neutropenia() -> None:
 
 # --- Row 1: febrile neutropenia ------------------------------------------------------------------
 
+
 def test_row1_febrile_neutropenia_is_high_risk_with_stat_evaluation() -> None:
     a = run(cbc(1.2, 0.4), obs(TEMP, 38.6, at(hours_before=1)))
     assert (a.row, a.risk) == (1, Risk.HIGH)
@@ -68,7 +84,9 @@ def test_row1_two_readings_of_38_0_an_hour_apart_count_as_fever() -> None:
 
 
 def test_two_readings_of_38_0_less_than_an_hour_apart_are_not_fever() -> None:
-    a = run(cbc(1.8, 0.8), obs(TEMP, 38.0, at(hours_before=1)), obs(TEMP, 38.1, at(hours_before=0.5)))
+    a = run(
+        cbc(1.8, 0.8), obs(TEMP, 38.0, at(hours_before=1)), obs(TEMP, 38.1, at(hours_before=0.5))
+    )
     assert "fever" not in a.finding_codes
     assert a.row == 4
 
@@ -91,6 +109,7 @@ def test_unknown_anc_with_wbc_below_1_and_fever_is_febrile_neutropenia() -> None
 
 # --- Row 2: severe / profound, afebrile ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("anc", [0.49, 0.1, 0.05])
 def test_row2_severe_or_profound_afebrile(anc: float) -> None:
     a = run(cbc(1.5, anc))
@@ -110,26 +129,33 @@ def test_unknown_anc_with_wbc_of_0_4_is_at_least_severe() -> None:
     assert a.row == 2 and a.risk is Risk.HIGH
 
 
-# --- Row 3: pancytopenia ---------------------------------------------------------------------------
+# --- Row 3: pancytopenia ---
+
 
 def test_row3_pancytopenia() -> None:
     a = run(cbc(2.5, 1.2, hb=9.0, plt=90))
     assert (a.row, a.risk) == (3, Risk.HIGH)
     assert "pancytopenia" in a.finding_codes
     assert actions(a) == {
-        Action.REPEAT_CBC: Priority.ASAP, Action.PERIPHERAL_SMEAR: Priority.ASAP,
-        Action.HAEMATOLOGY_REFERRAL: Priority.ASAP, Action.VITAMIN_B12: Priority.ASAP,
+        Action.REPEAT_CBC: Priority.ASAP,
+        Action.PERIPHERAL_SMEAR: Priority.ASAP,
+        Action.HAEMATOLOGY_REFERRAL: Priority.ASAP,
+        Action.VITAMIN_B12: Priority.ASAP,
         Action.FOLATE: Priority.ASAP,
     }
 
 
 # --- Row 4: moderate -----------------------------------------------------------------------------
 
+
 def test_row4_moderate_neutropenia() -> None:
     a = run(cbc(2.9, 0.8))
     assert (a.row, a.risk) == (4, Risk.MODERATE)
-    assert actions(a) == {Action.REPEAT_CBC: Priority.URGENT, Action.PERIPHERAL_SMEAR: Priority.URGENT,
-                          Action.HAEMATOLOGY_REFERRAL: Priority.URGENT}
+    assert actions(a) == {
+        Action.REPEAT_CBC: Priority.URGENT,
+        Action.PERIPHERAL_SMEAR: Priority.URGENT,
+        Action.HAEMATOLOGY_REFERRAL: Priority.URGENT,
+    }
     repeat = next(r for r in a.recommendations if r.action is Action.REPEAT_CBC)
     assert repeat.start.date() > a.index_draw.time.date()  # type: ignore[union-attr]
 
@@ -145,6 +171,7 @@ def test_row4_moderate_on_clozapine_is_high_and_repeats_within_a_day() -> None:
 
 # --- Row 5: Duffy-null ---------------------------------------------------------------------------
 
+
 def test_row5_duffy_null_with_anc_1_3_needs_no_workup() -> None:
     a = run(cbc(3.6, 1.3), condition("Duffy null phenotype Fy(a-b-)"))
     assert (a.row, a.risk) == (5, Risk.LOW)
@@ -154,8 +181,12 @@ def test_row5_duffy_null_with_anc_1_3_needs_no_workup() -> None:
 
 def test_duffy_null_is_not_inferred_from_race() -> None:
     p = patient()
-    p["extension"] = [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
-                       "extension": [{"url": "text", "valueString": "Black or African American"}]}]
+    p["extension"] = [
+        {
+            "url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+            "extension": [{"url": "text", "valueString": "Black or African American"}],
+        }
+    ]
     a = evaluate(bundle(p, cbc(3.6, 1.3)), now=NOW)
     assert a.row != 5
 
@@ -167,6 +198,7 @@ def test_duffy_null_with_fever_still_gets_evaluated() -> None:
 
 # --- Row 6: fever with leukopenia / mild neutropenia ---------------------------------------------
 
+
 def test_row6_fever_with_mild_neutropenia_is_same_day_evaluation() -> None:
     a = run(cbc(3.1, 1.2), obs(TEMP, 38.4, at()))
     assert (a.row, a.risk) == (6, Risk.MODERATE)
@@ -175,10 +207,14 @@ def test_row6_fever_with_mild_neutropenia_is_same_day_evaluation() -> None:
 
 # --- Row 7: red flags ----------------------------------------------------------------------------
 
+
 def test_row7_wbc_below_3() -> None:
     a = run(cbc(2.8, 1.6))
     assert (a.row, a.risk) == (7, Risk.MODERATE)
-    assert actions(a) == {Action.REPEAT_CBC: Priority.ROUTINE, Action.PERIPHERAL_SMEAR: Priority.ROUTINE}
+    assert actions(a) == {
+        Action.REPEAT_CBC: Priority.ROUTINE,
+        Action.PERIPHERAL_SMEAR: Priority.ROUTINE,
+    }
     assert "wbc-below-3" in a.finding_codes
 
 
@@ -186,21 +222,32 @@ def test_row7_bicytopenia_with_macrocytosis_proposes_b12_folate_and_referral() -
     a = run(cbc(3.5, 1.6, hb=11.0, mcv=104))
     assert a.row == 7
     assert {"bicytopenia", "macrocytosis", "anaemia"} <= set(a.finding_codes)
-    assert set(actions(a)) == {Action.REPEAT_CBC, Action.PERIPHERAL_SMEAR, Action.VITAMIN_B12,
-                               Action.FOLATE, Action.HAEMATOLOGY_REFERRAL}
+    assert set(actions(a)) == {
+        Action.REPEAT_CBC,
+        Action.PERIPHERAL_SMEAR,
+        Action.VITAMIN_B12,
+        Action.FOLATE,
+        Action.HAEMATOLOGY_REFERRAL,
+    }
 
 
 def test_row7_b12_and_folate_recently_normal_are_not_proposed() -> None:
-    a = run(cbc(3.5, 1.6, hb=11.0, mcv=104), obs(B12, 420, at(days_before=30)),
-            obs(FOLATE, 9.1, at(days_before=30)))
+    a = run(
+        cbc(3.5, 1.6, hb=11.0, mcv=104),
+        obs(B12, 420, at(days_before=30)),
+        obs(FOLATE, 9.1, at(days_before=30)),
+    )
     assert Action.VITAMIN_B12 not in actions(a) and Action.FOLATE not in actions(a)
     assert any("vitamin-b12 not proposed" in n for n in a.not_proposed)
 
 
 def test_row7_b12_in_pmol_per_litre_is_converted() -> None:
     # 300 pmol/L x 1.355 = 406.5 pg/mL: normal.
-    a = run(cbc(3.5, 1.6, hb=11.0, mcv=104), obs(B12, 300, at(days_before=10), unit="pmol/L"),
-            obs(FOLATE, 20, at(days_before=10), unit="nmol/L"))
+    a = run(
+        cbc(3.5, 1.6, hb=11.0, mcv=104),
+        obs(B12, 300, at(days_before=10), unit="pmol/L"),
+        obs(FOLATE, 20, at(days_before=10), unit="nmol/L"),
+    )
     assert Action.VITAMIN_B12 not in actions(a) and Action.FOLATE not in actions(a)
 
 
@@ -227,6 +274,7 @@ def test_corticosteroids_are_not_high_risk() -> None:
 
 # --- Row 8: persistent ---------------------------------------------------------------------------
 
+
 def test_row8_persistent_mild_neutropenia() -> None:
     a = run(cbc(4.2, 1.3, when=at(120)), cbc(4.3, 1.2, when=at(60)), cbc(4.1, 1.3))
     assert (a.row, a.risk) == (8, Risk.MODERATE)
@@ -245,6 +293,7 @@ def test_persistence_needs_more_than_90_days() -> None:
 
 # --- Row 9: stable -------------------------------------------------------------------------------
 
+
 def test_row9_stable_chronic_leukopenia_is_reassuring() -> None:
     a = run(cbc(3.6, 1.8, when=at(270)), cbc(3.8, 1.9, when=at(120)), cbc(3.7, 1.8))
     assert (a.row, a.risk) == (9, Risk.LOW)
@@ -253,6 +302,7 @@ def test_row9_stable_chronic_leukopenia_is_reassuring() -> None:
 
 
 # --- Row 10: otherwise ---------------------------------------------------------------------------
+
 
 def test_row10_seed_002_example() -> None:
     # Seed 002: WBC 3.4 x 10^9/L (normal 4.5-11.0), ANC 1207/mm3.
@@ -274,7 +324,10 @@ def test_row10_leukopenia_with_normal_anc_repeats_in_4_to_6_weeks() -> None:
 
 def test_row10_child_uses_paediatric_limits_and_viral_window() -> None:
     p = patient(birth="2022-01-15")
-    a = evaluate(bundle(p, cbc(5.0, 2.0), condition("Viral upper respiratory infection", onset=at(10))), now=NOW)
+    a = evaluate(
+        bundle(p, cbc(5.0, 2.0), condition("Viral upper respiratory infection", onset=at(10))),
+        now=NOW,
+    )
     assert a.row == 10
     assert "paediatric-limits" in a.finding_codes and "leukopenia" in a.finding_codes
     r = a.recommendations[0]
@@ -292,6 +345,7 @@ def test_infant_anc_limit_is_1_0() -> None:
 
 # --- Row 11 / 12 ---------------------------------------------------------------------------------
 
+
 def test_row11_no_differential_with_normal_wbc() -> None:
     a = run(cbc(6.5))
     assert (a.row, a.risk) == (11, Risk.LOW)
@@ -306,6 +360,7 @@ def test_row12_normal_cbc_emits_nothing() -> None:
 
 
 # --- Never propose what is open -------------------------------------------------------------------
+
 
 def test_open_repeat_cbc_is_not_proposed_again() -> None:
     a = run(cbc(3.6, 2.0), order("http://loinc.org", "57021-8"))
@@ -324,6 +379,7 @@ def test_completed_order_does_not_count_as_open() -> None:
 
 
 # --- Preliminary ---------------------------------------------------------------------------------
+
 
 def test_preliminary_result_marks_the_assessment_preliminary() -> None:
     a = run(cbc(2.9, 0.8, status="preliminary"))
@@ -344,6 +400,10 @@ def test_every_rule_in_the_trace_cites_a_source() -> None:
 
 
 def test_mitigation_names_infection_warning_signs_and_medications() -> None:
-    a = run(cbc(3.8, 1.3), med("Bactrim DS", None), med("sulfamethoxazole 800 MG / trimethoprim 160 MG", None))
+    a = run(
+        cbc(3.8, 1.3),
+        med("Bactrim DS", None),
+        med("sulfamethoxazole 800 MG / trimethoprim 160 MG", None),
+    )
     text = " ".join(a.mitigation)
     assert "fever above 38.0 C" in text and "sulfamethoxazole/trimethoprim" in text

@@ -35,10 +35,13 @@ counts = st.fixed_dictionaries(
 )
 
 
-def assess(c: dict, wbc: float, anc: float | None, hb: float | None, plt: float | None) -> Assessment:  # type: ignore[type-arg]
-    items: list[object] = [patient(birth=c["birth"], gender=c["sex"]),
-                           cbc(round(wbc, 2), None if anc is None else round(anc, 2), hb=hb, plt=plt,
-                               mcv=c["mcv"])]
+def assess(
+    c: dict, wbc: float, anc: float | None, hb: float | None, plt: float | None
+) -> Assessment:  # type: ignore[type-arg]
+    items: list[object] = [
+        patient(birth=c["birth"], gender=c["sex"]),
+        cbc(round(wbc, 2), None if anc is None else round(anc, 2), hb=hb, plt=plt, mcv=c["mcv"]),
+    ]
     if c["fever"] is not None:
         items.append(obs(TEMP, c["fever"], at(hours_before=1)))
     if c["med"] is not None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_leuko.clinical.model import Action
 from fhir_leuko.fhirio import codes, emit
 from fhir_leuko.fhirio.profiles import codes_of
-from fhir_leuko.clinical.model import Action
 from fhir_leuko.service import evaluate, evaluate_to_bundle
 from tests.builders import NOW, TEMP, at, bundle, cbc, med, obs, patient
 
@@ -46,8 +46,10 @@ def test_every_emitted_resource_validates_against_r4b_models() -> None:
 
 
 def test_project_codes_are_all_defined_in_our_codesystems() -> None:
-    defined = {codes.FINDING_SYSTEM: codes_of(codes.FINDING_SYSTEM),
-               codes.ACTION_SYSTEM: codes_of(codes.ACTION_SYSTEM)}
+    defined = {
+        codes.FINDING_SYSTEM: codes_of(codes.FINDING_SYSTEM),
+        codes.ACTION_SYSTEM: codes_of(codes.ACTION_SYSTEM),
+    }
     seen = 0
     for out in outputs():
         for c in codings(out):
@@ -68,8 +70,10 @@ def test_service_request_contract() -> None:
     srs = [e["resource"] for e in out["entry"] if e["resource"]["resourceType"] == "ServiceRequest"]
     assert ra["resourceType"] == "RiskAssessment"
     assert ra["prediction"][0]["qualitativeRisk"]["coding"][0] == {
-        "system": "http://terminology.hl7.org/CodeSystem/risk-probability", "code": "high",
-        "display": "High likelihood"}
+        "system": "http://terminology.hl7.org/CodeSystem/risk-probability",
+        "code": "high",
+        "display": "High likelihood",
+    }
     assert ra["basis"] and all(b["reference"].startswith("Observation/") for b in ra["basis"])
     for sr in srs:
         assert (sr["status"], sr["intent"]) == ("draft", "proposal")
@@ -96,7 +100,11 @@ def test_identifier_depends_on_patient_action_and_index_cbc() -> None:
 
 def test_normal_cbc_emits_nothing() -> None:
     out = evaluate_to_bundle(bundle(patient(), cbc(6.5, 3.8)), now=NOW)
-    assert out == {"resourceType": "Bundle", "type": "collection", "timestamp": "2026-03-10T12:00:00Z"}
+    assert out == {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": "2026-03-10T12:00:00Z",
+    }
 
 
 def test_data_issues_travel_in_an_operation_outcome() -> None:

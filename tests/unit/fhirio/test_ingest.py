@@ -17,7 +17,9 @@ def issue_codes(doc: Any) -> set[str]:
     return {i.code for i in evaluate(doc, now=NOW).issues}
 
 
-@pytest.mark.parametrize("type_", ["collection", "searchset", "transaction", "batch-response", "history"])
+@pytest.mark.parametrize(
+    "type_", ["collection", "searchset", "transaction", "batch-response", "history"]
+)
 def test_bundle_of_any_type_is_read(type_: str) -> None:
     a = evaluate(bundle(patient(), cbc(1.5, 0.3), type_=type_), now=NOW)
     assert a.risk is Risk.HIGH
@@ -52,15 +54,24 @@ def test_two_patients_in_one_input_is_an_error() -> None:
 
 @pytest.mark.parametrize("status", ["registered", "cancelled", "entered-in-error", "unknown"])
 def test_unused_statuses_are_ignored(status: str) -> None:
-    a = evaluate(bundle(patient(), cbc(6.0, 3.0, when=at(5)), cbc(1.0, 0.05, status=status)), now=NOW)
+    a = evaluate(
+        bundle(patient(), cbc(6.0, 3.0, when=at(5)), cbc(1.0, 0.05, status=status)), now=NOW
+    )
     assert a.risk is Risk.NEGLIGIBLE
     assert "ignored-status" in {i.code for i in a.issues}
 
 
 def test_amended_result_supersedes_final_at_the_same_time() -> None:
     when = at()
-    a = evaluate(bundle(patient(), obs(WBC, 2.1, when), obs(ANC, 0.3, when),
-                        obs(ANC, 1.9, when, status="amended")), now=NOW)
+    a = evaluate(
+        bundle(
+            patient(),
+            obs(WBC, 2.1, when),
+            obs(ANC, 0.3, when),
+            obs(ANC, 1.9, when, status="amended"),
+        ),
+        now=NOW,
+    )
     assert a.index_draw is not None and a.index_draw.anc == 1.9
     assert any(h.rule == "status-precedence" for h in a.trace)
 
@@ -76,7 +87,9 @@ def test_identical_duplicates_count_once_and_not_as_a_trend() -> None:
 
 def test_conflicting_same_time_results_keep_the_worse_and_say_so() -> None:
     when = at()
-    a = evaluate(bundle(patient(), obs(WBC, 5.0, when), obs(ANC, 0.4, when), obs(ANC, 2.5, when)), now=NOW)
+    a = evaluate(
+        bundle(patient(), obs(WBC, 5.0, when), obs(ANC, 0.4, when), obs(ANC, 2.5, when)), now=NOW
+    )
     assert a.index_draw is not None and a.index_draw.anc == 0.4
     assert "conflicting-results" in {i.code for i in a.issues}
 
@@ -114,37 +127,65 @@ def test_comma_in_a_string_value_is_not_guessed() -> None:
 
 
 def test_results_within_an_hour_are_one_draw_and_anc_is_derived() -> None:
-    a = evaluate(bundle(patient(), obs(WBC, 3.4, at(hours_before=0.5)), obs(NEUT_PCT, 35.5, at()),
-                        obs(BAND_PCT, 0.0, at())), now=NOW)
+    a = evaluate(
+        bundle(
+            patient(),
+            obs(WBC, 3.4, at(hours_before=0.5)),
+            obs(NEUT_PCT, 35.5, at()),
+            obs(BAND_PCT, 0.0, at()),
+        ),
+        now=NOW,
+    )
     d = a.index_draw
     assert d is not None and d.anc_derived and d.anc == 1.21  # 1.207 rounded to 0.01
 
 
 def test_bands_are_added_to_neutrophils() -> None:
-    a = evaluate(bundle(patient(), obs(WBC, 2.0, at()), obs(NEUT_PCT, 40, at()), obs(BAND_PCT, 10, at())), now=NOW)
+    a = evaluate(
+        bundle(patient(), obs(WBC, 2.0, at()), obs(NEUT_PCT, 40, at()), obs(BAND_PCT, 10, at())),
+        now=NOW,
+    )
     assert a.index_draw is not None and a.index_draw.anc == 1.0
 
 
 def test_anc_is_never_derived_across_draws() -> None:
-    a = evaluate(bundle(patient(), obs(WBC, 3.4, at(hours_before=3)), obs(NEUT_PCT, 35.0, at())), now=NOW)
+    a = evaluate(
+        bundle(patient(), obs(WBC, 3.4, at(hours_before=3)), obs(NEUT_PCT, 35.0, at())), now=NOW
+    )
     assert a.index_draw is not None and a.index_draw.anc is None
 
 
 def test_different_specimens_close_in_time_are_different_draws() -> None:
-    a = evaluate(bundle(patient(), obs(WBC, 3.4, at(hours_before=0.2), specimen="Specimen/1"),
-                        obs(NEUT_PCT, 35.0, at(), specimen="Specimen/2")), now=NOW)
+    a = evaluate(
+        bundle(
+            patient(),
+            obs(WBC, 3.4, at(hours_before=0.2), specimen="Specimen/1"),
+            obs(NEUT_PCT, 35.0, at(), specimen="Specimen/2"),
+        ),
+        now=NOW,
+    )
     assert a.index_draw is not None and a.index_draw.anc is None
 
 
 def test_component_observation_panel_is_read() -> None:
-    panel = {"resourceType": "Observation", "id": "panel", "status": "final",
-             "code": {"coding": [{"system": "http://loinc.org", "code": "57021-8"}]},
-             "subject": {"reference": "Patient/p1"}, "effectiveDateTime": at(),
-             "component": [
-                 {"code": {"coding": [{"system": "http://loinc.org", "code": WBC}]},
-                  "valueQuantity": {"value": 1.4, "unit": "10*3/uL", "code": "10*3/uL"}},
-                 {"code": {"coding": [{"system": "http://loinc.org", "code": ANC}]},
-                  "valueQuantity": {"value": 0.3, "unit": "10*3/uL", "code": "10*3/uL"}}]}
+    panel = {
+        "resourceType": "Observation",
+        "id": "panel",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "57021-8"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": at(),
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": WBC}]},
+                "valueQuantity": {"value": 1.4, "unit": "10*3/uL", "code": "10*3/uL"},
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": ANC}]},
+                "valueQuantity": {"value": 0.3, "unit": "10*3/uL", "code": "10*3/uL"},
+            },
+        ],
+    }
     a = evaluate(bundle(patient(), panel), now=NOW)
     assert a.risk is Risk.HIGH and a.index_draw is not None and a.index_draw.anc == 0.3
 
@@ -158,8 +199,10 @@ def test_comparator_less_than_puts_the_value_below_the_tier() -> None:
 
 def test_display_strings_are_never_matched_for_lab_codes() -> None:
     o = obs(WBC, 2.0)
-    o["code"] = {"coding": [{"system": "http://example.org/local", "code": "WBC", "display": "WBC"}],
-                 "text": "White blood cells"}
+    o["code"] = {
+        "coding": [{"system": "http://example.org/local", "code": "WBC", "display": "WBC"}],
+        "text": "White blood cells",
+    }
     labs = ingest(bundle(patient(), o))
     assert labs.results == ()
 

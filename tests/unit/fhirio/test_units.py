@@ -9,9 +9,26 @@ from hypothesis import strategies as st
 from fhir_leuko.clinical.model import Analyte
 from fhir_leuko.fhirio.units import UnitProblem, c_to_f, normalise
 
-X1 = ["10*9/L", "10^9/L", "10*3/uL", "10^3/uL", "10*3/mm3", "/nL", "K/uL", "k/uL", "x10E3/uL",
-      "10E3/uL", "x10^3/uL", "thou/uL", "th/cumm", "Tsd/\u00b5l", "Tsd/ul", "G/L", "giga/L",
-      "10*3/\u03bcL"]
+X1 = [
+    "10*9/L",
+    "10^9/L",
+    "10*3/uL",
+    "10^3/uL",
+    "10*3/mm3",
+    "/nL",
+    "K/uL",
+    "k/uL",
+    "x10E3/uL",
+    "10E3/uL",
+    "x10^3/uL",
+    "thou/uL",
+    "th/cumm",
+    "Tsd/\u00b5l",
+    "Tsd/ul",
+    "G/L",
+    "giga/L",
+    "10*3/\u03bcL",
+]
 X0001 = ["/uL", "/mm3", "{cells}/uL", "cells/uL", "cells/mm3", "/cumm", "cells/mcL", "/\u00b5l"]
 
 
@@ -57,8 +74,9 @@ def test_percent_unit_on_a_count_code_is_rejected() -> None:
         normalise(Analyte.ANC, 47, "%", "%")
 
 
-@pytest.mark.parametrize(("value", "unit", "g_dl"), [(12.5, "g/dL", 12.5), (125, "g/L", 12.5),
-                                                     (7.757, "mmol/L", 12.5)])
+@pytest.mark.parametrize(
+    ("value", "unit", "g_dl"), [(12.5, "g/dL", 12.5), (125, "g/L", 12.5), (7.757, "mmol/L", 12.5)]
+)
 def test_haemoglobin_units(value: float, unit: str, g_dl: float) -> None:
     assert normalise(Analyte.HAEMOGLOBIN, value, unit, unit) == pytest.approx(g_dl, abs=0.01)
 
@@ -85,7 +103,9 @@ finite = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity
 
 @given(finite)
 def test_fahrenheit_round_trip(c: float) -> None:
-    assert normalise(Analyte.BODY_TEMPERATURE, c_to_f(c), "[degF]", None) == pytest.approx(c, abs=1e-9)
+    assert normalise(Analyte.BODY_TEMPERATURE, c_to_f(c), "[degF]", None) == pytest.approx(
+        c, abs=1e-9
+    )
 
 
 @given(finite)
@@ -95,15 +115,23 @@ def test_per_microlitre_round_trip(v: float) -> None:
 
 @given(finite)
 def test_b12_pmol_round_trip(pg_ml: float) -> None:
-    assert normalise(Analyte.VITAMIN_B12, pg_ml / 1.355, "pmol/L", None) == pytest.approx(pg_ml, rel=1e-12, abs=1e-9)
+    assert normalise(Analyte.VITAMIN_B12, pg_ml / 1.355, "pmol/L", None) == pytest.approx(
+        pg_ml, rel=1e-12, abs=1e-9
+    )
 
 
 @given(finite)
 def test_folate_nmol_round_trip(ng_ml: float) -> None:
-    assert normalise(Analyte.FOLATE, ng_ml * 2.266, "nmol/L", None) == pytest.approx(ng_ml, rel=1e-12, abs=1e-9)
+    assert normalise(Analyte.FOLATE, ng_ml * 2.266, "nmol/L", None) == pytest.approx(
+        ng_ml, rel=1e-12, abs=1e-9
+    )
 
 
 @given(finite)
 def test_haemoglobin_g_per_litre_round_trip(g_dl: float) -> None:
-    assert normalise(Analyte.HAEMOGLOBIN, g_dl * 10, "g/L", None) == pytest.approx(g_dl, rel=1e-12, abs=1e-12)
-    assert normalise(Analyte.HAEMOGLOBIN, g_dl * 0.6206, "mmol/L", None) == pytest.approx(g_dl, rel=1e-12, abs=1e-9)
+    assert normalise(Analyte.HAEMOGLOBIN, g_dl * 10, "g/L", None) == pytest.approx(
+        g_dl, rel=1e-12, abs=1e-12
+    )
+    assert normalise(Analyte.HAEMOGLOBIN, g_dl * 0.6206, "mmol/L", None) == pytest.approx(
+        g_dl, rel=1e-12, abs=1e-9
+    )
