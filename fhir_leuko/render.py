@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fhir_leuko.clinical.model import Analyte, Assessment
+from fhir_leuko.clinical.model import Action, Analyte, Assessment
+from fhir_leuko.fhirio.codes import ACTION_DISPLAY
 
 _INDICATOR = {"negligible": "normal", "low": "info", "moderate": "WARNING", "high": "CRITICAL"}
 
@@ -45,9 +46,13 @@ def text_report(a: Assessment) -> str:
         lines.append("")
         lines.append("Suggested next steps:")
         for r in a.recommendations:
-            window = f"{r.start.date().isoformat()} to {r.end.date().isoformat()}"
+            if r.action is Action.URGENT_EVALUATION:
+                window = f"now, by {r.end.strftime('%Y-%m-%d %H:%M %Z')}"
+            else:
+                window = f"between {r.start.date().isoformat()} and {r.end.date().isoformat()}"
             opt = " (optional)" if r.optional else ""
-            lines.append(f"  - {r.action.value} [{r.priority.value}] {window}{opt}")
+            name = ACTION_DISPLAY[r.action]
+            lines.append(f"  - {name} [{r.action.value}, {r.priority.value}] {window}{opt}")
             lines.append(f"      why: {r.reason}  [{r.source}]")
     elif a.actionable:
         lines.append("")

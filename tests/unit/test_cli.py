@@ -45,7 +45,7 @@ def test_text_output_reads_as_a_summary(tmp_path: Path) -> None:
     assert (
         "[CRITICAL]" in text
         and "Febrile neutropenia" in text
-        and "urgent-evaluation [stat]" in text
+        and "[urgent-evaluation, stat]" in text
     )
 
 
