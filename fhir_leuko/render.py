@@ -71,6 +71,10 @@ def text_report(a: Assessment) -> str:
         lines.append("")
         lines.append("Mitigation:")
         lines += [f"  - {m}" for m in a.mitigation]
+    if a.data_handling:
+        lines.append("")
+        lines.append("Data handling:")
+        lines += [f"  - {d}" for d in a.data_handling]
     issues = [i for i in a.issues if i.severity != "information"]
     if issues:
         lines.append("")

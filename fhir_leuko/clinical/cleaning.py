@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from fhir_leuko.clinical.model import (
+    ANALYTE_LABEL,
     CBC_ANALYTES,
     STATUS_RANK,
     Analyte,
@@ -51,7 +52,7 @@ def dedupe(results: Iterable[Result]) -> tuple[list[Result], list[DataIssue], li
             trace.append(
                 RuleHit(
                     "status-precedence",
-                    f"{analyte.value} at {when.isoformat()}: {best[0].status} result "
+                    f"{ANALYTE_LABEL[analyte]} at {when.isoformat()}: {best[0].status} result "
                     f"{best[0].ref} supersedes {', '.join(r.ref for r in superseded)}",
                     "clinical-rules.md 1.2 (amended/corrected > final > preliminary)",
                 )
@@ -62,7 +63,7 @@ def dedupe(results: Iterable[Result]) -> tuple[list[Result], list[DataIssue], li
                 trace.append(
                     RuleHit(
                         "duplicate",
-                        f"{analyte.value} at {when.isoformat()}: identical results "
+                        f"{ANALYTE_LABEL[analyte]} at {when.isoformat()}: identical results "
                         f"{', '.join(r.ref for r in best)} counted once",
                         "clinical-rules.md 1.2 (identical duplicates count once)",
                     )
@@ -74,7 +75,7 @@ def dedupe(results: Iterable[Result]) -> tuple[list[Result], list[DataIssue], li
         issues.append(
             DataIssue(
                 "conflicting-results",
-                f"{len(best)} {best_rank and best[0].status} {analyte.value} results at "
+                f"{len(best)} {best[0].status} {ANALYTE_LABEL[analyte]} results at "
                 f"{when.isoformat()} disagree ({', '.join(f'{r.value:g}' for r in best)}); "
                 f"the more worrying value {chosen.value:g} ({chosen.ref}) was used",
                 chosen.ref,

@@ -135,6 +135,42 @@ class Action(StrEnum):
     URGENT_EVALUATION = "urgent-evaluation"
 
 
+#: Words for analytes in clinician-facing text.
+ANALYTE_LABEL: Mapping[Analyte, str] = {
+    Analyte.WBC: "WBC",
+    Analyte.ANC: "ANC",
+    Analyte.NEUTROPHIL_PERCENT: "neutrophil %",
+    Analyte.BAND_PERCENT: "band %",
+    Analyte.BAND_COUNT: "band count",
+    Analyte.LYMPHOCYTE_COUNT: "lymphocyte count",
+    Analyte.LYMPHOCYTE_PERCENT: "lymphocyte %",
+    Analyte.HAEMOGLOBIN: "haemoglobin",
+    Analyte.PLATELETS: "platelets",
+    Analyte.MCV: "MCV",
+    Analyte.BODY_TEMPERATURE: "body temperature",
+    Analyte.VITAMIN_B12: "vitamin B12",
+    Analyte.FOLATE: "folate",
+}
+
+#: Words for actions (also the displays of the leukopenia-action CodeSystem).
+ACTION_LABEL: Mapping[Action, str] = {
+    Action.REPEAT_CBC: "Repeat CBC with differential",
+    Action.VITAMIN_B12: "Vitamin B12 level",
+    Action.FOLATE: "Folate level",
+    Action.PERIPHERAL_SMEAR: "Peripheral blood smear review",
+    Action.HAEMATOLOGY_REFERRAL: "Haematology referral",
+    Action.URGENT_EVALUATION: "Urgent clinical evaluation",
+}
+
+
+def num(v: float) -> str:
+    """A count for clinicians: 4 -> '4.0', 1.207 -> '1.207', 150 -> '150'."""
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    s = f"{v:.3f}".rstrip("0")
+    return s + "0" if s.endswith(".") else s
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """One lab or vital-sign value, already in the canonical unit of its analyte."""
@@ -288,3 +324,10 @@ class Assessment:
     @property
     def finding_codes(self) -> tuple[str, ...]:
         return tuple(f.code for f in self.findings)
+
+    @property
+    def data_handling(self) -> tuple[str, ...]:
+        """What cleaning did (superseded, duplicate, ignored results), for the record."""
+        done = [h.text for h in self.trace if h.rule in ("status-precedence", "duplicate")]
+        done += [i.message for i in self.issues if i.severity == "information"]
+        return tuple(done)

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 
 from fhir_leuko.clinical.cleaning import dedupe, group_draws
 from fhir_leuko.clinical.model import (
+    ACTION_LABEL,
     Action,
     Analyte,
     Assessment,
@@ -28,6 +29,7 @@ from fhir_leuko.clinical.model import (
     Result,
     Risk,
     RuleHit,
+    num,
 )
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
@@ -78,13 +80,24 @@ def assess(
         thresholds,
     )
     if _severity(final_only) > _severity(full):
-        note = RuleHit(
-            "preliminary-cannot-suppress",
-            "A newer preliminary result looks less serious, but preliminary results never "
-            "suppress an alert: the assessment from final results stands.",
-            "clinical-rules.md 1.2",
+        d = full.index_draw
+        seen = ""
+        if d is not None:
+            anc = "unknown" if d.anc is None else num(d.anc)
+            wbc = d.value(Analyte.WBC)
+            seen = f" (drawn {d.time.isoformat()}: WBC {_fmt(wbc)}, ANC {anc})"
+        text = (
+            f"A newer PRELIMINARY CBC{seen} looks less serious, but preliminary results never "
+            "suppress an alert: this assessment rests on the final results; review it when the "
+            "newer CBC is final"
         )
-        return replace(final_only, trace=final_only.trace + (note,))
+        hit = RuleHit("preliminary-cannot-suppress", text, "clinical-rules.md 1.2")
+        finding = Finding("preliminary-data", text, "clinical-rules.md 1.2")
+        return replace(
+            final_only,
+            trace=final_only.trace + (hit,),
+            findings=final_only.findings + (finding,),
+        )
     return full
 
 
@@ -119,7 +132,7 @@ class _Ctx:
 
 
 def _fmt(v: float | None) -> str:
-    return "unknown" if v is None else f"{v:g}"
+    return "unknown" if v is None else f"{num(v)}"
 
 
 def _age_years(birth: date, on: date) -> int:
@@ -161,12 +174,12 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         if index.anc_derived:
             c.hit(
                 "anc-derived",
-                f"ANC {index.anc:g} derived as WBC x (neutrophils % + bands %) / 100 "
+                f"ANC {num(index.anc)} derived as WBC x (neutrophils % + bands %) / 100 "
                 "from the same draw, rounded to 0.01",
                 "clinical-rules.md 1.5",
             )
         else:
-            c.hit("anc-reported", f"ANC {index.anc:g} reported", "clinical-rules.md 1.5")
+            c.hit("anc-reported", f"ANC {num(index.anc)} reported", "clinical-rules.md 1.5")
     else:
         c.hit(
             "anc-unknown",
@@ -204,7 +217,7 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         lln_src = SRC_LLN_CHILD
         c.hit(
             "paediatric-limits",
-            f"Age {age_y} y: paediatric limits WBC < {wbc_lln:g}, ANC < {anc_lln:g}",
+            f"Age {age_y} y: paediatric limits WBC < {num(wbc_lln)}, ANC < {num(anc_lln)}",
             SRC_LLN_CHILD,
         )
     else:
@@ -222,8 +235,8 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         assert wbc_result is not None
         c.find(
             "leukopenia",
-            f"Leukopenia: WBC {wbc:g} x 10^9/L on {wbc_result.time.date().isoformat()} "
-            f"(lower limit {wbc_lln:g})",
+            f"Leukopenia: WBC {_fmt(wbc)} x 10^9/L on {wbc_result.time.date().isoformat()} "
+            f"(lower limit {num(wbc_lln)})",
             f"all seeds; limit from {lln_src}",
         )
 
@@ -237,13 +250,13 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         implied = _grade(idx_wbc, anc_lln, t)
         c.hit(
             "anc-bounded-by-wbc",
-            f"ANC unknown, but it cannot exceed the WBC of {idx_wbc:g}: neutropenia is at "
+            f"ANC unknown, but it cannot exceed the WBC of {num(idx_wbc)}: neutropenia is at "
             f"least {implied.value}",
             "arithmetic: ANC <= WBC of the same draw",
         )
     decision_grade = grade if grade is not NeutropeniaGrade.UNKNOWN else implied
     anc_desc = (
-        f"ANC {anc:g} x 10^9/L{' (derived)' if index.anc_derived else ''}"
+        f"ANC {num(anc)} x 10^9/L{' (derived)' if index.anc_derived else ''}"
         if anc is not None
         else "ANC unknown"
     )
@@ -255,21 +268,28 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
     ):
         c.find(
             f"neutropenia-{grade.value}",
-            f"{grade.value.capitalize()} neutropenia: {anc_desc} (lower limit {anc_lln:g})",
+            f"{grade.value.capitalize()} neutropenia: {anc_desc} (lower limit {num(anc_lln)})",
             SRC_LLN_CHILD if child else SRC_GRADE,
         )
     elif grade is NeutropeniaGrade.UNKNOWN:
-        text = "Neutropenia status unknown: no ANC or differential in the index CBC"
+        if Analyte.NEUTROPHIL_PERCENT in index.results and idx_wbc is None:
+            text = (
+                "Neutropenia status unknown: the index CBC has a neutrophil % but no usable "
+                "WBC, so the ANC cannot be derived"
+            )
+        else:
+            text = "Neutropenia status unknown: no ANC or differential in the index CBC"
         if implied is not NeutropeniaGrade.UNKNOWN:
             text += f"; the WBC proves at least {implied.value} neutropenia"
         c.find("neutropenia-unknown", text, "clinical-rules.md 1.5")
     neutropenic = decision_grade.rank >= NeutropeniaGrade.MILD.rank
     white_line = leukopenia or neutropenic
 
-    if wbc is not None and wbc < t.wbc_red_flag:
+    red_flag_wbc = wbc is not None and wbc < t.wbc_red_flag
+    if red_flag_wbc:
         c.find(
             "wbc-below-3",
-            f"WBC {wbc:g} is below the red-flag threshold of {t.wbc_red_flag:g}",
+            f"WBC {_fmt(wbc)} is below the red-flag threshold of {num(t.wbc_red_flag)}",
             "seed 000",
         )
 
@@ -288,7 +308,7 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             + (
                 anc_desc
                 if anc is not None
-                else f"WBC {idx_wbc:g} (so ANC < {t.febrile_anc_below:g})"
+                else f"WBC {_fmt(idx_wbc)} (so ANC < {num(t.febrile_anc_below)})"
             ),
             SRC_FN,
         )
@@ -298,10 +318,10 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         c.find("anaemia", anaemia, "WHO; seeds 000, 001, 002")
     plt = index.value(Analyte.PLATELETS)
     thrombocytopenia = plt is not None and plt < t.platelets_low
-    if thrombocytopenia:
+    if thrombocytopenia and plt is not None:
         c.find(
             "thrombocytopenia",
-            f"Thrombocytopenia: platelets {plt:g} x 10^9/L (< {t.platelets_low:g})",
+            f"Thrombocytopenia: platelets {num(plt)} x 10^9/L (< {num(t.platelets_low)})",
             "seeds 000, 001",
         )
     other_lines = int(bool(anaemia)) + int(thrombocytopenia)
@@ -319,9 +339,11 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
 
     mcv = index.value(Analyte.MCV)
     macrocytosis = not child and mcv is not None and mcv > t.mcv_high
-    if macrocytosis:
+    if macrocytosis and mcv is not None:
         c.find(
-            "macrocytosis", f"Macrocytosis: MCV {mcv:g} fL (> {t.mcv_high:g})", "seed 002; seed 000"
+            "macrocytosis",
+            f"Macrocytosis: MCV {num(mcv)} fL (> {num(t.mcv_high)})",
+            "seed 002; seed 000",
         )
 
     window_start = idx_time - timedelta(days=t.trend_lookback_days)
@@ -335,7 +357,7 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         and wbc < wbc_lln
     )
     if decline:
-        vals = ", ".join(f"{v:g}" for _, v in wbc_series[-t.decline_min_results :])
+        vals = ", ".join(f"{num(v)}" for _, v in wbc_series[-t.decline_min_results :])
         c.find(
             "progressive-decline",
             f"Progressive decline: WBC {vals} over serial draws",
@@ -344,11 +366,15 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
     stable = _stable(wbc_series, decline, t)
     if stable:
         c.find("stable", stable, "seed 000 (stable counts suggest benign etiology)")
-    persistent = _persistent(trend_draws, anc_lln, decline, t)
-    if persistent and neutropenic:
+    persistent = _persistent(trend_draws, anc_lln, decline, t) if neutropenic else None
+    if persistent:
         c.find("persistent", persistent, "seed 002 (chronic > 3 months); seed 000")
-    else:
-        persistent = None
+    elif neutropenic and decline:
+        c.hit(
+            "not-persistent",
+            "Not counted as persistent neutropenia: the WBC is progressively declining",
+            "clinical-rules.md section 2 (persistent: not declining)",
+        )
 
     meds = labs.medications
     high_risk = bool(meds)
@@ -374,6 +400,7 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
 
     rows = _Decision(c, idx_time)
     severe = decision_grade in (NeutropeniaGrade.SEVERE, NeutropeniaGrade.PROFOUND)
+    grade_word = decision_grade.value.capitalize()
     if febrile_neutropenia:
         rows.set(1, Risk.HIGH, "febrile neutropenia")
         rows.evaluation(
@@ -385,53 +412,60 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         )
     elif severe:
         rows.set(2, Risk.HIGH, f"{decision_grade.value} neutropenia without fever")
-        why = f"{decision_grade.value.capitalize()} neutropenia ({anc_desc}): confirm within 24 h"
+        ctx = f"{grade_word} neutropenia ({anc_desc})"
         rows.repeat(
-            Priority.ASAP, t.repeat_severe_start_d, t.repeat_severe_end_d, why, "seed 002; seed 000"
+            Priority.ASAP,
+            t.repeat_severe_start_d,
+            t.repeat_severe_end_d,
+            ctx + ", to be confirmed within 24 h",
+            "seed 002; seed 000",
         )
-        rows.add(
-            Action.PERIPHERAL_SMEAR, Priority.ASAP, why, "seed 000 (smear for dysplasia, blasts)"
-        )
+        rows.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, "seed 000 (smear review)")
         rows.add(
             Action.HAEMATOLOGY_REFERRAL,
             Priority.ASAP,
-            why,
+            ctx,
             "seed 000 (referral mandatory below 1.0)",
+            detail="haematology referral, mandatory below 1.0",
         )
     elif pancytopenia:
         rows.set(3, Risk.HIGH, "pancytopenia")
-        why = "Pancytopenia suggests insufficient marrow production"
+        ctx = "Pancytopenia, which suggests insufficient marrow production"
         rows.repeat(
             Priority.ASAP,
             t.repeat_pancytopenia_start_d,
             t.repeat_pancytopenia_end_d,
-            why,
+            ctx,
             SRC_CYTOPENIA,
         )
-        rows.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, why, SRC_CYTOPENIA)
-        rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ASAP, why, SRC_CYTOPENIA)
-        rows.b12_folate(Priority.ASAP, why)
+        rows.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, SRC_CYTOPENIA)
+        rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ASAP, ctx, SRC_CYTOPENIA)
+        rows.b12_folate(Priority.ASAP, ctx)
     elif decision_grade is NeutropeniaGrade.MODERATE:
         risk = Risk.HIGH if high_risk else Risk.MODERATE
         rows.set(
             4, risk, "moderate neutropenia" + (" on a high-risk medication" if high_risk else "")
         )
-        why = f"Moderate neutropenia ({anc_desc}); haematology referral is mandatory below 1.0"
+        ctx = f"Moderate neutropenia ({anc_desc})"
         if clozapine:
             rows.repeat(
                 Priority.URGENT,
                 t.repeat_clozapine_start_d,
                 t.repeat_clozapine_end_d,
-                why + "; on clozapine, repeat within a day",
+                ctx + " on clozapine",
                 "clozapine ANC monitoring",
             )
         else:
             rows.repeat(
-                Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, why, "seed 000"
+                Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, ctx, "seed 000"
             )
-        rows.add(Action.PERIPHERAL_SMEAR, Priority.URGENT, why, "seed 000")
+        rows.add(Action.PERIPHERAL_SMEAR, Priority.URGENT, ctx, "seed 000")
         rows.add(
-            Action.HAEMATOLOGY_REFERRAL, Priority.URGENT, why, "seed 000 (mandatory below 1.0)"
+            Action.HAEMATOLOGY_REFERRAL,
+            Priority.URGENT,
+            ctx,
+            "seed 000 (mandatory below 1.0)",
+            detail="haematology referral, mandatory below 1.0",
         )
     elif (
         duffy
@@ -445,12 +479,15 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         rows.set(5, Risk.LOW, "Duffy-null phenotype explains the count")
         c.hit(
             "duffy-null-no-workup",
-            f"Documented Duffy-null phenotype with ANC {anc:g} >= {t.duffy_null_anc_floor:g} "
-            "and no other concern: no smear, B12/folate, referral or urgent evaluation",
+            f"Documented Duffy-null phenotype with ANC {num(anc)} >= "
+            f"{num(t.duffy_null_anc_floor)} and no other concern: no smear, B12/folate, "
+            "referral or urgent evaluation",
             SRC_DUFFY,
         )
     elif white_line and fever:
-        rows.set(6, Risk.MODERATE, "low white count with fever")
+        rows.set(
+            6, Risk.MODERATE, _white_line_words(leukopenia, decision_grade).lower() + " with fever"
+        )
         rows.evaluation(
             Priority.URGENT,
             t.urgent_evaluation_hours,
@@ -458,18 +495,12 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             "same-day clinical evaluation",
             "seed 000",
         )
-    elif white_line and (
-        (wbc is not None and wbc < t.wbc_red_flag)
-        or bicytopenia
-        or macrocytosis
-        or decline
-        or high_risk
-    ):
+    elif white_line and (red_flag_wbc or bicytopenia or macrocytosis or decline or high_risk):
         rows.set(7, Risk.MODERATE, "low white count with a red flag")
         reasons = [
             label
             for label, on in (
-                (f"WBC {_fmt(wbc)} < {t.wbc_red_flag:g}", wbc is not None and wbc < t.wbc_red_flag),
+                (f"WBC {_fmt(wbc)} below {num(t.wbc_red_flag)}", red_flag_wbc),
                 ("bicytopenia", bicytopenia),
                 ("macrocytosis", macrocytosis),
                 ("progressive decline", decline),
@@ -477,13 +508,13 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             )
             if on
         ]
-        why = "Low white count with " + ", ".join(reasons)
+        ctx = f"{_white_line_words(leukopenia, decision_grade)} with " + ", ".join(reasons)
         if clozapine and decision_grade is NeutropeniaGrade.MILD:
             rows.repeat(
                 Priority.URGENT,
                 t.repeat_clozapine_start_d,
                 t.repeat_clozapine_end_d,
-                why + "; mild neutropenia on clozapine: repeat within a day",
+                ctx + " (mild neutropenia on clozapine)",
                 "clozapine ANC monitoring",
             )
         else:
@@ -491,28 +522,32 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
                 Priority.ROUTINE,
                 t.repeat_mild_start_d,
                 t.repeat_mild_end_d,
-                why,
+                ctx,
                 "seed 002; seed 000",
             )
-        if (wbc is not None and wbc < t.wbc_red_flag) or bicytopenia or macrocytosis or decline:
-            rows.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, why, "seed 000")
+        if red_flag_wbc or bicytopenia or macrocytosis or decline:
+            rows.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, ctx, "seed 000")
         if bicytopenia or macrocytosis or decline:
-            rows.b12_folate(Priority.ROUTINE, why)
+            rows.b12_folate(Priority.ROUTINE, ctx)
         if bicytopenia or decline:
             rows.add(
                 Action.HAEMATOLOGY_REFERRAL,
                 Priority.ROUTINE,
-                why,
+                ctx,
                 "seed 000 (evolving marrow disorder)",
             )
     elif persistent:
         rows.set(8, Risk.MODERATE, "persistent neutropenia")
-        why = persistent
-        rows.b12_folate(Priority.ROUTINE, why)
+        rows.b12_folate(Priority.ROUTINE, persistent)
         rows.add(
-            Action.PERIPHERAL_SMEAR, Priority.ROUTINE, why, "seed 002 (chronic neutropenia work-up)"
+            Action.PERIPHERAL_SMEAR,
+            Priority.ROUTINE,
+            persistent,
+            "seed 002 (chronic neutropenia work-up)",
         )
-        rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ROUTINE, why, "seed 002", optional=True)
+        rows.add(
+            Action.HAEMATOLOGY_REFERRAL, Priority.ROUTINE, persistent, "seed 002", optional=True
+        )
     elif leukopenia and stable and grade is NeutropeniaGrade.NONE:
         rows.set(9, Risk.LOW, "stable chronic leukopenia")
         c.hit(
@@ -521,7 +556,7 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             "seed 000 (stable counts suggest benign etiology)",
         )
     elif white_line:
-        rows.set(10, Risk.LOW, "mild, isolated low white count")
+        rows.set(10, Risk.LOW, _white_line_words(leukopenia, decision_grade).lower())
         if child and recent_viral:
             rows.repeat(
                 Priority.ROUTINE,
@@ -535,15 +570,15 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
                 Priority.ROUTINE,
                 t.repeat_mild_start_d,
                 t.repeat_mild_end_d,
-                f"Mild neutropenia ({anc_desc}): repeat CBC in 1-2 weeks",
-                "seed 002",
+                f"{_white_line_words(leukopenia, decision_grade)} ({anc_desc})",
+                "seed 002 (repeat CBC in 1-2 weeks)",
             )
         elif grade is NeutropeniaGrade.UNKNOWN:
             rows.repeat(
                 Priority.ROUTINE,
                 t.repeat_anc_unknown_start_d,
                 t.repeat_anc_unknown_end_d,
-                "Leukopenia with no differential: a CBC with differential is needed for the ANC",
+                "Leukopenia with the ANC unknown",
                 "clinical-rules.md row 11 (ANC unknown), the safer window",
             )
         else:
@@ -551,8 +586,8 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
                 Priority.ROUTINE,
                 t.repeat_leukopenia_start_d,
                 t.repeat_leukopenia_end_d,
-                "Mild leukopenia with normal ANC: repeat CBC in 4-6 weeks to confirm stability",
-                "seed 000",
+                "Mild leukopenia with a normal ANC, to confirm stability",
+                "seed 000 (repeat in 4-6 weeks)",
             )
     elif grade is NeutropeniaGrade.UNKNOWN:
         rows.set(11, Risk.LOW, "ANC unknown")
@@ -560,7 +595,7 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             Priority.ROUTINE,
             t.repeat_anc_unknown_start_d,
             t.repeat_anc_unknown_end_d,
-            "No differential in the latest CBC: the ANC is unknown",
+            "The ANC of the latest CBC is unknown",
             SRC_TABLE + " row 11",
         )
     else:
@@ -578,7 +613,14 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         )
 
     mitigation: list[str] = []
-    if meds:
+    if meds and decision_grade.rank >= NeutropeniaGrade.MODERATE.rank:
+        # Drug-induced neutropenia: the suspected drug is stopped or held (Andersohn 2007).
+        mitigation.append(
+            "Suspected drug-induced neutropenia: consider holding or stopping "
+            + ", ".join(m.name for m in meds)
+            + " now, with haematology advice (Andersohn 2007)."
+        )
+    elif meds:
         mitigation.append(
             "Review medications that lower white cells: " + ", ".join(m.name for m in meds) + "."
         )
@@ -590,7 +632,13 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             + ", ".join(cond.display for cond in explaining)
             + "."
         )
-    mitigation.append(INFECTION_WARNING)
+    if fever:
+        mitigation.append(
+            "The patient already has a fever: do not wait for new symptoms "
+            "(seed 000: fever plus leukopenia suggests severe bacterial infection)."
+        )
+    else:
+        mitigation.append(INFECTION_WARNING)
 
     basis: list[str] = list(index.refs)
     if wbc_result is not None and wbc_result.ref not in basis:
@@ -630,6 +678,15 @@ def labs_results_temps(results: Sequence[Result]) -> list[Result]:
     return [r for r in results if r.analyte is Analyte.BODY_TEMPERATURE]
 
 
+#: What each work-up action is for, completing the situation in its reason.
+PURPOSE = {
+    Action.PERIPHERAL_SMEAR: "smear review for blasts, dysplasia and megaloblastic change",
+    Action.HAEMATOLOGY_REFERRAL: "haematology referral",
+    Action.VITAMIN_B12: "vitamin B12 level (deficiency causes leukopenia)",
+    Action.FOLATE: "folate level (deficiency causes leukopenia)",
+}
+
+
 class _Decision:
     """Collects the row, risk and recommendations; applies the 'never propose twice' rules."""
 
@@ -646,31 +703,18 @@ class _Decision:
         self.row, self.risk, self.label = row, risk, label
         self.c.hit(f"row-{row}", f"Decision row {row} ({label}): risk {risk.value}", SRC_TABLE)
 
-    def _window(self, start_d: int, end_d: int) -> tuple[datetime, datetime, str]:
+    def repeat(self, priority: Priority, start_d: int, end_d: int, ctx: str, source: str) -> None:
+        """Repeat CBC: its window counts from the index CBC (clinical-rules.md section 3)."""
         start = self.index_time + timedelta(days=start_d)
         end = self.index_time + timedelta(days=end_d)
+        note = ""
         if end < self.c.now:
             # The window has passed since the index CBC: it is overdue, so it starts now.
-            span = end - start
-            return (
-                self.c.now,
-                self.c.now + span,
-                " (overdue: the window counted from the index CBC has passed)",
-            )
-        return start, end, ""
-
-    def repeat(self, priority: Priority, start_d: int, end_d: int, why: str, source: str) -> None:
-        start, end, note = self._window(start_d, end_d)
+            start, end = self.c.now, self.c.now + (end - start)
+            note = " (overdue: that window has passed, so it starts now)"
+        reason = f"{ctx}: repeat CBC with differential {start_d}-{end_d} days after the index CBC"
         self._propose(
-            Recommendation(
-                Action.REPEAT_CBC,
-                priority,
-                start,
-                end,
-                f"{why}; repeat CBC with differential {start_d}-{end_d} days after the index CBC"
-                + note,
-                source,
-            )
+            Recommendation(Action.REPEAT_CBC, priority, start, end, reason + note, source)
         )
 
     def evaluation(self, priority: Priority, hours: int, why: str, source: str) -> None:
@@ -681,13 +725,31 @@ class _Decision:
             )
         )
 
-    def add(
-        self, action: Action, priority: Priority, why: str, source: str, *, optional: bool = False
-    ) -> None:
-        start, end, _ = self._window(0, 14 if priority is Priority.ROUTINE else 7)
-        self._propose(Recommendation(action, priority, start, end, why, source, optional))
+    def _workup_window(self, priority: Priority) -> tuple[datetime, datetime]:
+        """Work-up counts from the evaluation time: a new order cannot start in the past."""
+        t = self.c.t
+        days = {
+            Priority.ASAP: t.workup_asap_days,
+            Priority.STAT: t.workup_asap_days,
+            Priority.URGENT: t.workup_urgent_days,
+        }.get(priority, t.workup_routine_days)
+        return self.c.now, self.c.now + timedelta(days=days)
 
-    def b12_folate(self, priority: Priority, why: str) -> None:
+    def add(
+        self,
+        action: Action,
+        priority: Priority,
+        ctx: str,
+        source: str,
+        *,
+        detail: str | None = None,
+        optional: bool = False,
+    ) -> None:
+        start, end = self._workup_window(priority)
+        reason = f"{ctx}: {detail or PURPOSE[action]}"
+        self._propose(Recommendation(action, priority, start, end, reason, source, optional))
+
+    def b12_folate(self, priority: Priority, ctx: str) -> None:
         """B12 and folate together, unless recently resulted (clinical-rules.md section 3)."""
         t, now = self.c.t, self.c.now
         recent = now - timedelta(days=t.b12_folate_recent_days)
@@ -710,23 +772,14 @@ class _Decision:
         ):
             r = latest.get(analyte)
             if r is None:
-                start, end, _ = self._window(0, 14 if priority is Priority.ROUTINE else 7)
-                self._propose(
-                    Recommendation(
-                        action,
-                        priority,
-                        start,
-                        end,
-                        why + "; B12 and folate deficiency cause leukopenia",
-                        "seed 000 (megaloblastosis); seeds 001, 002, 004",
-                    )
-                )
+                self.add(action, priority, ctx, "seed 000 (megaloblastosis); seeds 001, 002, 004")
                 continue
             floor = r.ref_low if r.ref_low is not None else floors[analyte]
             state = "normal" if r.value >= floor else "LOW"
             msg = (
-                f"{analyte.value} not proposed: resulted {state} ({r.value:g} {units[analyte]}) on "
-                f"{r.time.date().isoformat()}, within {t.b12_folate_recent_days} days"
+                f"{ACTION_LABEL[action]} not proposed: resulted {state} "
+                f"({num(r.value)} {units[analyte]}) on {r.time.date().isoformat()}, "
+                f"within {t.b12_folate_recent_days} days"
             )
             if state == "LOW":
                 msg += " - a deficiency that may explain the count"
@@ -736,12 +789,10 @@ class _Decision:
             )
 
     def _propose(self, rec: Recommendation) -> None:
+        label = ACTION_LABEL[rec.action]
         for order in self.c.labs.open_orders:
             if order.action is rec.action and order.priority.rank >= rec.priority.rank:
-                msg = (
-                    f"{rec.action.value} not proposed: already open as {order.ref} "
-                    f"({order.priority.value})"
-                )
+                msg = f"{label} not proposed: already open as {order.ref} ({order.priority.value})"
                 self.not_proposed.append(msg)
                 self.c.hit(
                     "already-open", msg, "clinical-rules.md section 3 (never propose what is open)"
@@ -751,15 +802,24 @@ class _Decision:
             if order.action is rec.action:
                 rec = replace(
                     rec,
-                    reason=rec.reason + f"; an open {order.ref} is only "
+                    reason=rec.reason + f"; the open {order.ref} is only "
                     f"{order.priority.value}, which is not soon enough",
                 )
         self.recs.append(rec)
         self.c.hit(
             f"suggest:{rec.action.value}",
-            f"{rec.action.value} ({rec.priority.value}): {rec.reason}",
+            f"{label} ({rec.priority.value}): {rec.reason}",
             rec.source,
         )
+
+
+def _white_line_words(leukopenia: bool, grade: NeutropeniaGrade) -> str:
+    neutropenia = grade.rank >= NeutropeniaGrade.MILD.rank
+    if leukopenia and neutropenia:
+        return f"Leukopenia with {grade.value} neutropenia"
+    if neutropenia:
+        return f"{grade.value.capitalize()} neutropenia"
+    return "Leukopenia"
 
 
 def _index_draw(draws: Sequence[Draw]) -> Draw | None:
@@ -792,17 +852,25 @@ def _fever(
     single = [r for r in window if r.value >= t.fever_single_c]
     if single:
         top = max(single, key=lambda r: r.value)
-        return f"Fever: {top.value:g} C on {top.time.isoformat()} (>= {t.fever_single_c:g} C)"
+        return (
+            f"Fever: {top.value:.1f} C at {_when(top.time)} (one reading >= "
+            f"{t.fever_single_c:.1f} C)"
+        )
     high = [r for r in window if r.value >= t.fever_sustained_c]
     gap = timedelta(hours=t.fever_sustained_gap_hours)
     for i, a in enumerate(high):
         for b in high[i + 1 :]:
             if b.time - a.time >= gap:
                 return (
-                    f"Fever: {a.value:g} C and {b.value:g} C at least "
-                    f"{t.fever_sustained_gap_hours:g} h apart (>= {t.fever_sustained_c:g} C)"
+                    f"Fever: {a.value:.1f} C at {_when(a.time)} and {b.value:.1f} C at "
+                    f"{_when(b.time)} (two readings >= {t.fever_sustained_c:.1f} C at least "
+                    f"{t.fever_sustained_gap_hours:g} h apart)"
                 )
     return None
+
+
+def _when(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def _anaemia(index: Draw, sex: str | None, age_y: int | None, t: Thresholds) -> str | None:
@@ -816,7 +884,7 @@ def _anaemia(index: Draw, sex: str | None, age_y: int | None, t: Thresholds) -> 
     else:
         limit, who = t.hb_low_female, "female" if sex == "female" else "sex unknown"
     if hb < limit:
-        return f"Anaemia: haemoglobin {hb:g} g/dL (< {limit:g}, {who})"
+        return f"Anaemia: haemoglobin {num(hb)} g/dL (< {num(limit)}, {who})"
     return None
 
 
@@ -835,7 +903,7 @@ def _stable(series: Sequence[tuple[datetime, float]], decline: bool, t: Threshol
     if span >= t.stable_min_span_days and max(values) - min(values) <= t.stable_max_range:
         return (
             f"Stable: {len(values)} WBC results over {span} days between "
-            f"{min(values):g} and {max(values):g}"
+            f"{num(min(values))} and {num(max(values))}"
         )
     return None
 
@@ -853,10 +921,13 @@ def _persistent(draws: Sequence[Draw], anc_lln: float, decline: bool, t: Thresho
     run.reverse()
     span = (run[-1].time - run[0].time).days
     ancs = [d.anc for d in run if d.anc is not None]
-    if span > t.persistent_min_span_days and not _declining(ancs, t.decline_min_results):
+    # "Not declining" is the progressive-decline finding (checked above). A drift of the ANC
+    # within lab noise (1.3, 1.25, 1.2) must not cancel persistence: that would give a
+    # drifting patient less work-up than a flat one.
+    if span > t.persistent_min_span_days:
         return (
-            f"Persistent neutropenia: ANC below {anc_lln:g} on {len(run)} draws over "
-            f"{span} days (latest {ancs[-1]:g})"
+            f"Persistent neutropenia: ANC below {num(anc_lln)} on {len(run)} draws over "
+            f"{span} days ({', '.join(num(a) for a in ancs)})"
         )
     return None
 
@@ -875,17 +946,17 @@ def _headline(
     )
     text = {
         1: f"Febrile neutropenia ({counts}): emergency evaluation and antibiotics within 1 hour",
-        2: f"{grade.value.capitalize()} neutropenia ({counts}): repeat CBC within 24 h, smear, "
-        "haematology now",
+        2: f"{grade.value.capitalize()} neutropenia ({counts}): repeat CBC within 24 h, smear "
+        "and haematology referral",
         3: f"Pancytopenia ({counts}): urgent haematology work-up",
         4: f"Moderate neutropenia ({counts}): repeat CBC, smear and haematology referral",
         5: f"Low count explained by documented Duffy-null phenotype ({counts}): no work-up needed",
-        6: f"Low white count with fever ({counts}): same-day evaluation",
+        6: f"{label[0].upper()}{label[1:]} ({counts}): same-day evaluation",
         7: f"Low white count with red flags ({counts}): repeat CBC and work-up",
         8: f"Persistent neutropenia ({counts}): B12, folate and smear",
         9: f"Stable chronic leukopenia ({counts}): reassuring, no action needed",
-        10: f"Mild low white count ({counts}): repeat CBC",
-        11: f"CBC without differential ({counts}): repeat CBC with differential",
+        10: f"{label[0].upper()}{label[1:]} ({counts}): repeat CBC",
+        11: f"ANC unknown ({counts}): repeat CBC with differential",
     }.get(row, f"{label} ({counts})")
     return text[:139]
 

@@ -126,8 +126,15 @@ class Thresholds:
     # Row 1, febrile neutropenia: emergency assessment, cultures and empiric antibiotics
     # within 1 h (seed 000; ASCO/IDSA 2018).
     stat_evaluation_hours: int = 1
-    # Row 6, leukopenia or mild neutropenia with fever: same-day evaluation (seed 000).
-    urgent_evaluation_hours: int = 24
+    # Row 6, leukopenia or mild neutropenia with fever: same-day evaluation (seed 000), so
+    # within 12 h of the evaluation.
+    urgent_evaluation_hours: int = 12
+    # Work-up other than the repeat CBC (smear, referral, B12/folate) counts from the
+    # evaluation time, by priority: asap within a day (row 2: "confirm within 24 h"), urgent
+    # within a week (row 4's window), routine within two weeks (rows 7-8's window).
+    workup_asap_days: int = 1
+    workup_urgent_days: int = 7
+    workup_routine_days: int = 14
 
     # --- Draw grouping -------------------------------------------------------------------------
     # Results with effective times within 1 h belong to one draw (clinical-rules.md 1.4).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fhir_leuko.clinical.model import Action, Analyte
+from fhir_leuko.clinical.model import ACTION_LABEL, Action, Analyte
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -82,14 +82,7 @@ ACTION_CODINGS: Mapping[Action, tuple[tuple[str, str, str], ...]] = {
     Action.URGENT_EVALUATION: (),  # project code only
 }
 
-ACTION_DISPLAY: Mapping[Action, str] = {
-    Action.REPEAT_CBC: "Repeat CBC with differential",
-    Action.VITAMIN_B12: "Vitamin B12 level",
-    Action.FOLATE: "Folate level",
-    Action.PERIPHERAL_SMEAR: "Peripheral blood smear review",
-    Action.HAEMATOLOGY_REFERRAL: "Haematology referral",
-    Action.URGENT_EVALUATION: "Urgent clinical evaluation",
-}
+ACTION_DISPLAY: Mapping[Action, str] = ACTION_LABEL
 
 #: Open ServiceRequests with these codes count as "already ordered" for an action.
 ORDER_CODES: Mapping[tuple[str, str], Action] = {

@@ -108,6 +108,7 @@ def risk_assessment(a: Assessment) -> JSON:
                 + "; ".join(f"{m.name} ({m.ref}, matched by {m.matched_by})" for m in a.medications)
             }
         )
+    notes += [{"text": f"Data handling: {d}"} for d in a.data_handling]
     if a.conditions:
         notes.append(
             {

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from fhir_leuko.clinical.model import (
+    ANALYTE_LABEL,
     Action,
     Analyte,
     ClinicalCondition,
@@ -375,7 +376,7 @@ class _Reader:
         if holder.get("dataAbsentReason") is not None:
             self.issue(
                 "data-absent",
-                f"{ref} ({analyte.value}) has a dataAbsentReason: not a result",
+                f"{ref} ({ANALYTE_LABEL[analyte]}) has a dataAbsentReason: not a result",
                 ref,
                 "information",
             )
@@ -395,13 +396,17 @@ class _Reader:
             raw = holder["valueString"]
         else:
             self.issue(
-                "no-value", f"{ref} ({analyte.value}) has no numeric value: not a result", ref
+                "no-value",
+                f"{ref} ({ANALYTE_LABEL[analyte]}) has no numeric value: not a result",
+                ref,
             )
             return
         value = _number(raw)
         if value is None:
             self.issue(
-                "unparseable-value", f"{ref} ({analyte.value}) value '{raw}' is not a number", ref
+                "unparseable-value",
+                f"{ref} ({ANALYTE_LABEL[analyte]}) value '{raw}' is not a number",
+                ref,
             )
             return
         try:
@@ -420,7 +425,8 @@ class _Reader:
             shown = f"{value:g} {ucum or unit or ''}".strip()
             self.issue(
                 "implausible-value",
-                f"{ref}: {analyte.value} {shown} is outside any plausible range (wrong unit?); "
+                f"{ref}: {ANALYTE_LABEL[analyte]} {shown} is outside any plausible range "
+                "(wrong unit?); "
                 "the value was not used",
                 ref,
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from fhir_leuko.clinical.model import Analyte
+from fhir_leuko.clinical.model import ANALYTE_LABEL, Analyte
 
 Converter = Callable[[float], float]
 
@@ -127,12 +127,15 @@ def converter_for(analyte: Analyte, ucum_code: str | None, unit: str | None) -> 
     if by_code is not None and by_unit is not None and by_code is not by_unit:
         raise UnitProblem(
             "unit-conflict",
-            f"UCUM code '{ucum_code}' and unit '{unit}' disagree for {analyte.value}",
+            f"UCUM code '{ucum_code}' and unit '{unit}' disagree for {ANALYTE_LABEL[analyte]}",
         )
     conv = by_code or by_unit
     if conv is None:
-        shown = " / ".join(f"'{u}'" for u in (ucum_code, unit) if u) or "no unit"
-        raise UnitProblem("unknown-unit", f"unit {shown} is not understood for {analyte.value}")
+        given = [u for u in (ucum_code, unit) if u]
+        shown = " / ".join(f"'{u}'" for u in dict.fromkeys(given)) or "no unit"
+        raise UnitProblem(
+            "unknown-unit", f"unit {shown} is not understood for {ANALYTE_LABEL[analyte]}"
+        )
     return conv
 
 

@@ -238,7 +238,7 @@ def test_row7_b12_and_folate_recently_normal_are_not_proposed() -> None:
         obs(FOLATE, 9.1, at(days_before=30)),
     )
     assert Action.VITAMIN_B12 not in actions(a) and Action.FOLATE not in actions(a)
-    assert any("vitamin-b12 not proposed" in n for n in a.not_proposed)
+    assert any("Vitamin B12 level not proposed" in n for n in a.not_proposed)
 
 
 def test_row7_b12_in_pmol_per_litre_is_converted() -> None:
