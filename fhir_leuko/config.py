@@ -65,6 +65,11 @@ class ServiceSettings:
     fetch_timeout_s: float = 2.0  # all FHIR calls of one hook together (cds-hooks.md 7.4)
     jwt_max_lifetime_s: int = 3600  # our policy; the spec sets none (Epic uses 900 s)
     jwt_clock_skew_s: int = 60
+    # Answer GET /cds-services without a JWT (some EHRs probe discovery unauthenticated);
+    # service and feedback calls always need one unless insecure_dev.
+    public_discovery: bool = False
+    # Where cards link for the rules and their sources (card.source.url).
+    rules_url: str = "http://fhir-leuko.org/fhir/clinical-rules"
     write_back: bool = True
     worker_poll_s: float = 0.5
 

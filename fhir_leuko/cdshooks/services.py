@@ -5,7 +5,8 @@ data agree (spec "Prefetch Template": prefetched data MUST equal what the servic
 by running the template itself). Templates use only ``{{context.patientId}}``: a required
 key must never depend on an optional context field, because clients drop templates with an
 unfilled token (``docs/cds-hooks.md`` 7.1, 8). CDS Hooks 2.0 has no date tokens, so time
-windows are applied in code (:attr:`PrefetchQuery.window`) after the data arrives.
+windows are applied in code after the data arrives. The query strings and windows live in
+``fhir_leuko.fhirio.queries``, shared with the Subscription worker and the CLI.
 """
 
 from __future__ import annotations
@@ -13,34 +14,40 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import quote
 
-from fhir_leuko.fhirio import codes
-
-#: Prefetch tokens we use; the only context field every hook we serve makes a token.
-PATIENT_TOKEN = "{{context.patientId}}"
+from fhir_leuko.fhirio import queries
+from fhir_leuko.fhirio.queries import PatientQuery
 
 
 @dataclass(frozen=True)
 class PrefetchQuery:
-    """One prefetch key: its template, what it must return, and how we use it.
+    """One prefetch key: the shared query (``fhirio.queries``) and how this service uses it.
 
     ``required``: without it there is nothing to assess, so the call fails with 412 when it
     can be neither prefetched nor fetched. An optional key that cannot be had is reported on
-    the card (and in the RiskAssessment) as data that was not checked.
-    ``window``: keep only Observations whose effective time is this recent.
+    the card (and in the RiskAssessment) as data that was not checked; ``describes`` says
+    what, in words for a clinician.
     """
 
-    key: str
-    template: str
-    returns: str  # "Patient" for a read, "Bundle" for a search
-    describes: str  # for people: what was unavailable when this key is missing
+    query: PatientQuery
+    describes: str
     required: bool = False
-    window: timedelta | None = None
 
-    def fill(self, patient_id: str) -> str:
-        """The relative FHIR URL for one patient (the id is already a checked FHIR id)."""
-        return self.template.replace(PATIENT_TOKEN, quote(patient_id, safe=""))
+    @property
+    def key(self) -> str:
+        return self.query.key
+
+    @property
+    def template(self) -> str:
+        return self.query.template
+
+    @property
+    def returns(self) -> str:
+        return self.query.returns
+
+    @property
+    def window(self) -> timedelta | None:
+        return self.query.window
 
 
 @dataclass(frozen=True)
@@ -64,64 +71,23 @@ class ServiceDefinition:
         }
 
 
-def _codes(loinc: tuple[str, ...]) -> str:
-    """Token search on system|code, so a local code with the same digits never matches."""
-    return ",".join(f"{codes.LOINC}|{c}" for c in loinc)
-
-
-CBC_WINDOW = timedelta(days=365)  # trends, stability and persistence look back months
-TEMPERATURE_WINDOW = timedelta(hours=48)  # fever counts in the 24 h before the index CBC or since
-B12_FOLATE_WINDOW = timedelta(days=90)  # "recently normal" (clinical-rules.md section 2)
-
 PATIENT = PrefetchQuery(
-    "patient",
-    f"Patient/{PATIENT_TOKEN}",
-    returns="Patient",
-    describes="the patient's age and sex (adult limits were used)",
-    required=True,
+    queries.PATIENT, "the patient's age and sex (adult limits were used)", required=True
 )
-CBC = PrefetchQuery(
-    "cbc",
-    f"Observation?patient={PATIENT_TOKEN}&code={_codes(codes.CBC_LOINC)}&_sort=-date&_count=200",
-    returns="Bundle",
-    describes="CBC results",
-    required=True,
-    window=CBC_WINDOW,
-)
-TEMPERATURES = PrefetchQuery(
-    "temperatures",
-    f"Observation?patient={PATIENT_TOKEN}&code={_codes(codes.TEMPERATURE_LOINC)}"
-    "&_sort=-date&_count=100",
-    returns="Bundle",
-    describes="body temperatures (fever was not assessed)",
-    window=TEMPERATURE_WINDOW,
-)
+CBC = PrefetchQuery(queries.CBC, "CBC results", required=True)
+TEMPERATURES = PrefetchQuery(queries.TEMPERATURES, "body temperatures (fever was not assessed)")
 VITAMIN_LEVELS = PrefetchQuery(
-    "vitaminLevels",
-    f"Observation?patient={PATIENT_TOKEN}&code={_codes(codes.B12_FOLATE_LOINC)}"
-    "&_sort=-date&_count=20",
-    returns="Bundle",
-    describes="recent vitamin B12 and folate results (they may be proposed although recently done)",
-    window=B12_FOLATE_WINDOW,
+    queries.VITAMIN_LEVELS,
+    "recent vitamin B12 and folate results (they may be proposed although recently done)",
 )
 MEDICATIONS = PrefetchQuery(
-    "medications",
-    f"MedicationRequest?patient={PATIENT_TOKEN}&status=active&_count=100",
-    returns="Bundle",
-    describes="active medications (drugs that lower white cells were not checked)",
+    queries.MEDICATIONS, "active medications (drugs that lower white cells were not checked)"
 )
 CONDITIONS = PrefetchQuery(
-    "conditions",
-    # recurrence and relapse are kinds of active in the condition-clinical hierarchy.
-    f"Condition?patient={PATIENT_TOKEN}&clinical-status=active,recurrence,relapse&_count=100",
-    returns="Bundle",
-    describes="active conditions (explaining conditions were not checked)",
+    queries.CONDITIONS, "active conditions (explaining conditions were not checked)"
 )
 OPEN_ORDERS = PrefetchQuery(
-    "openOrders",
-    f"ServiceRequest?patient={PATIENT_TOKEN}&status=draft,active&_count=100",
-    returns="Bundle",
-    describes="open orders (a suggested order may already exist)",
+    queries.OPEN_ORDERS, "open orders (a suggested order may already exist)"
 )
 
 PATIENT_VIEW = ServiceDefinition(

@@ -1,0 +1,250 @@
+"""The FastAPI application: routers, error shapes, body limit, CORS, health.
+
+``create_app(settings)`` serves every router in :data:`ROUTER_BUILDERS`. To serve another
+part of fhir-leuko (for example the Subscription notification endpoints), add its
+``build_router(settings) -> APIRouter`` to that tuple; a router that opens resources
+(databases, HTTP clients) closes them in its own ``lifespan``, which FastAPI runs with the
+app's.
+
+Errors: every ``fhir_leuko.errors.LeukoError`` and every HTTP error becomes an
+OperationOutcome here and nowhere else (CDS Hooks 3.0 makes that a SHOULD; 2.0 allows any
+body). The status is the exception's ``http_status`` when it declares one, else the type's
+default below. A bad JWT gets a bare 401 with no detail (cds-hooks.org best practices); the
+reason is logged, never the token. Nothing logged here contains a request body or header.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_leuko import __version__
+from fhir_leuko.cdshooks import models
+from fhir_leuko.cdshooks import router as cdshooks_router
+from fhir_leuko.config import Settings
+from fhir_leuko.errors import AuthError, ConfigError, FhirServerError, InputError, LeukoError
+
+logger = logging.getLogger("fhir_leuko.app")
+
+RouterBuilder = Callable[[Settings], Any]  # -> fastapi.APIRouter
+
+#: The routers this app serves, in order. Add e.g.
+#: ``fhir_leuko.subscriptions.router.build_router`` here to serve notifications too.
+ROUTER_BUILDERS: tuple[RouterBuilder, ...] = (cdshooks_router.build_router,)
+
+#: FHIR issue-type code and default HTTP status per error type, most specific first.
+_DEFAULTS: tuple[tuple[type[LeukoError], int, str], ...] = (
+    (AuthError, 401, "login"),
+    (InputError, 400, "invalid"),
+    (ConfigError, 500, "exception"),
+    (FhirServerError, 502, "transient"),
+    (LeukoError, 500, "exception"),
+)
+_CODE_FOR_STATUS = {
+    400: "invalid",
+    401: "login",
+    404: "not-found",
+    405: "not-supported",
+    412: "incomplete",
+    413: "too-long",
+    415: "not-supported",
+}
+
+
+class RequestTooLarge(InputError):
+    """The body is over ``max_body_bytes``."""
+
+    http_status = 413
+
+
+def outcome_response(
+    status: int, code: str, text: str | None, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An OperationOutcome error response: the one error shape of this app."""
+    issue: dict[str, str] = {"severity": "error", "code": code}
+    if text:
+        issue["diagnostics"] = text
+    body = {"resourceType": "OperationOutcome", "issue": [issue]}
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def _leuko_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LeukoError)
+    status, code = next((s, c) for t, s, c in _DEFAULTS if isinstance(exc, t))
+    status = int(getattr(exc, "http_status", status))
+    code = _CODE_FOR_STATUS.get(status, code)
+    if isinstance(exc, AuthError):
+        # The reason names the failed check and quoted iss/jti, never the token.
+        logger.warning("401 on %s %s: %s", request.method, request.url.path, exc)
+        return outcome_response(
+            401, "login", "Authentication failed", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if status >= 500:
+        logger.error(
+            "%d on %s %s: %s", status, request.method, request.url.path, type(exc).__name__
+        )
+        return outcome_response(status, code, "The service could not answer this request")
+    return outcome_response(status, code, str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _CODE_FOR_STATUS.get(
+        exc.status_code, "exception" if exc.status_code >= 500 else "invalid"
+    )
+    return outcome_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    return outcome_response(400, "invalid", "the request does not match the API")
+
+
+def _log_unexpected(scope: Scope, exc: BaseException) -> None:
+    # Type and place only: an exception message or traceback may quote patient data.
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+    logger.error(
+        "500 on %s %s: %s%s", scope.get("method"), scope.get("path"), type(exc).__name__, where
+    )
+
+
+class Guard:
+    """Body limit and last-resort error answer, as pure ASGI (cheap on every request).
+
+    Bodies over ``limit`` bytes are refused before anyone parses them: a declared
+    Content-Length at once, a chunked body as it arrives (the app's read fails with
+    :class:`RequestTooLarge`). An exception no handler took becomes a 500 OperationOutcome
+    and one log line with its type and place; it is not re-raised, because the server would
+    then log the full traceback, whose messages may quote patient data.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.limit:
+                    text = (
+                        f"the request body is larger than {self.limit} bytes"
+                        if declared > 0
+                        else "the Content-Length header is not a number"
+                    )
+                    status = 413 if declared > 0 else 400
+                    response = outcome_response(status, _CODE_FOR_STATUS[status], text)
+                    await response(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise RequestTooLarge(f"the request body is larger than {self.limit} bytes")
+            return message
+
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracked)
+        except Exception as exc:
+            _log_unexpected(scope, exc)
+            if not started:
+                response = outcome_response(
+                    500, "exception", "The service could not answer this request"
+                )
+                await response(scope, receive, send)
+
+
+def create_app(
+    settings: Settings, *, routers: Sequence[RouterBuilder] = ROUTER_BUILDERS
+) -> FastAPI:
+    """The ASGI app for ``settings``. Raises ConfigError when no CDS client is trusted."""
+    svc = settings.service
+    if svc.insecure_dev:
+        logger.warning(
+            "INSECURE DEV MODE: CDS Hooks JWTs are NOT verified; anyone who can reach %s "
+            "can call the services. Never run this with real patient data.",
+            svc.public_base_url,
+        )
+    app = FastAPI(
+        title="fhir-leuko",
+        version=__version__,
+        summary="Leukopenia and neutropenia decision support over FHIR R4 (CDS Hooks 2.0)",
+        docs_url=None,
+        redoc_url=None,
+    )
+    for build in routers:
+        app.include_router(build(settings))
+
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        response_model=None,
+        responses={200: {"description": "The process is up"}},
+    )
+    async def healthz() -> Response:
+        """Liveness only; needs no JWT and touches no data."""
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    handlers: tuple[
+        tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]], ...
+    ] = (
+        (LeukoError, _leuko_error),
+        (StarletteHTTPException, _http_error),
+        (RequestValidationError, _validation_error),
+    )
+    for exc_type, handler in handlers:
+        app.add_exception_handler(exc_type, handler)
+
+    # Added last = outermost: CORS answers preflights before the body limit or any route,
+    # and without a JWT, as browsers (the public sandbox) send none on OPTIONS.
+    app.add_middleware(Guard, limit=svc.max_body_bytes)
+    if svc.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(svc.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(models.openapi_schemas(cdshooks_router.REQUEST_MODELS))
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,408 @@
+"""CDS Hooks 2.0 HTTP endpoints: discovery, service calls and feedback.
+
+Each call: JWT first (so an unauthenticated caller costs us no parsing), then the body, the
+request envelope and the hook's context, then prefetch-or-fetch, the one evaluation
+(``fhir_leuko.service.evaluate``) and the cards. Errors are raised as ``fhir_leuko.errors``
+types carrying an ``http_status`` where it is not the type's default; ``fhir_leuko.app``
+turns every one of them into an OperationOutcome in one place.
+
+Bodies are read raw and parsed with orjson rather than through FastAPI's body models:
+a 1,200-Observation prefetch must not pay for a second, deep validation, and our own
+validation names the failing field precisely. The OpenAPI schema still describes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from fhir_leuko.cdshooks import models as m
+from fhir_leuko.cdshooks.auth import Claims, IssuerTrust, JwtPolicy, JwtVerifier
+from fhir_leuko.cdshooks.cards import (
+    SelectedDrug,
+    medication_check_response,
+    patient_view_response,
+)
+from fhir_leuko.cdshooks.feedback import FeedbackStore, parse_feedback
+from fhir_leuko.cdshooks.fetch import FetchPolicy, Gathered, gather
+from fhir_leuko.cdshooks.services import MEDICATION_CHECK, PATIENT_VIEW, SERVICES, discovery
+from fhir_leuko.config import Settings
+from fhir_leuko.errors import AuthError, ConfigError, InputError
+from fhir_leuko.fhirio.client import AsyncFhirClient
+from fhir_leuko.fhirio.ingest import match_medication
+from fhir_leuko.service import evaluate
+
+JSON = dict[str, Any]
+logger = logging.getLogger(__name__)
+
+SERVICES_PATH = "/cds-services"
+_JSON_TYPES = ("application/json", "application/fhir+json")
+
+
+class UnknownService(InputError):
+    """No CDS service with this id."""
+
+    http_status = 404
+
+
+class UnsupportedMediaType(InputError):
+    """The body is declared as something other than JSON."""
+
+    http_status = 415
+
+
+# --- Configuration -------------------------------------------------------------------------------
+
+
+def jwt_policy(settings: Settings) -> JwtPolicy:
+    """The verifier's policy from the ``[issuers]`` configuration (JWKS files read here)."""
+    svc = settings.service
+    issuers: dict[str, IssuerTrust] = {}
+    for iss, cfg in settings.issuers.items():
+        jwks: dict[str, Any] | None = None
+        if cfg.jwks_file:
+            try:
+                jwks = orjson.loads(Path(cfg.jwks_file).read_bytes())
+            except (OSError, orjson.JSONDecodeError) as err:
+                raise ConfigError(
+                    f"issuer {iss!r}: cannot read the JWKS file {cfg.jwks_file} "
+                    f"({type(err).__name__})"
+                ) from None
+        issuers[iss] = IssuerTrust(jku_allowlist=cfg.jku_allowlist, jwks=jwks)
+    if not issuers:
+        raise ConfigError(
+            "no trusted CDS client: configure [issuers] (iss, jku_allowlist or jwks_file), "
+            "or run with --insecure-dev for local use only"
+        )
+    return JwtPolicy(
+        issuers=issuers,
+        max_lifetime_s=svc.jwt_max_lifetime_s,
+        clock_skew_s=svc.jwt_clock_skew_s,
+    )
+
+
+@dataclass
+class _State:
+    """What the endpoints share for the life of the app."""
+
+    settings: Settings
+    verifier: JwtVerifier | None  # None only in insecure_dev
+    tenants: Mapping[str, frozenset[str]]
+    store: FeedbackStore | None
+    http: httpx.AsyncClient | None
+    policy: FetchPolicy
+    base: str  # public base URL, no trailing slash
+    discovery_body: bytes
+
+    async def authenticate(self, request: Request, path: str) -> Claims | None:
+        """Verify the client's JWT for the endpoint at ``path`` (its public URL is ``aud``)."""
+        if self.verifier is None:
+            return None
+        claims = await self.verifier.verify(request.headers.get("authorization"), self.base + path)
+        allowed = self.tenants.get(claims.iss)
+        if allowed and claims.tenant not in allowed:
+            raise AuthError(f"tenant {claims.tenant!r:.100} is not allowed for {claims.iss!r:.100}")
+        return claims
+
+    def feedback_store(self) -> FeedbackStore:
+        if self.store is None:
+            self.store = FeedbackStore(self.settings.service.feedback_db)
+        return self.store
+
+    def fhir_client(self, base_url: str, token: str | None) -> AsyncFhirClient:
+        if self.http is None:
+            self.http = httpx.AsyncClient(follow_redirects=False)
+        budget = self.policy.timeout_s
+        return AsyncFhirClient(
+            base_url,
+            auth=token,
+            timeouts=budget,
+            deadline=budget,
+            max_retries=2,
+            max_retry_after=budget,
+            max_pages=self.policy.max_pages,
+            client=self.http,
+        )
+
+    async def aclose(self) -> None:
+        if self.verifier is not None:
+            await self.verifier.aclose()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.store is not None:
+            self.store.close()
+
+
+def utc_now() -> datetime:
+    """The evaluation time of a call (a function, so tests can fix the clock)."""
+    return datetime.now(UTC)
+
+
+# --- Request handling helpers --------------------------------------------------------------------
+
+
+async def _json_body(request: Request) -> Any:
+    ctype = request.headers.get("content-type")
+    if ctype is not None and ctype.split(";")[0].strip().lower() not in _JSON_TYPES:
+        raise UnsupportedMediaType("the request body must be application/json")
+    body = await request.body()
+    if not body:
+        raise InputError("the request body is empty; CDS Hooks requests are JSON objects")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise InputError(f"the request body is not valid JSON ({err.args[0]})") from None
+    if not isinstance(doc, dict):
+        raise InputError("the request body must be a JSON object")
+    return doc
+
+
+def _selected_drugs(ctx: m.OrderSelectContext) -> tuple[list[SelectedDrug], list[JSON]]:
+    """Selected draft orders for drugs that lower white cells, and copies counted as active.
+
+    The copies let the one evaluation weigh the drug as if it were already taken (decision
+    rows 4 and 7 look at high-risk medications): no rule is restated here.
+    """
+    by_ref = {
+        f"{r.get('resourceType')}/{r.get('id')}": r
+        for e in ctx.draftOrders.entry
+        if isinstance(r := e.get("resource"), dict)
+    }
+    drugs: list[SelectedDrug] = []
+    active: list[JSON] = []
+    for ref in ctx.selections:
+        order = by_ref[ref]
+        if order.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
+            continue
+        concept = _medication_concept(order)
+        match = match_medication(concept) if concept else None
+        if match is None:
+            continue
+        drugs.append(SelectedDrug(ref, *match))
+        active.append(
+            {
+                "resourceType": "MedicationRequest",
+                "id": order.get("id"),
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": f"Patient/{ctx.patientId}"},
+                "medicationCodeableConcept": concept,
+            }
+        )
+    return drugs, active
+
+
+def _medication_concept(order: JSON) -> JSON | None:
+    concept = order.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return concept
+    ref = order.get("medicationReference")
+    if not isinstance(ref, dict):
+        return None
+    target = ref.get("reference")
+    if isinstance(target, str) and target.startswith("#"):
+        for contained in order.get("contained") or ():
+            if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                code = contained.get("code")
+                return code if isinstance(code, dict) else None
+    display = ref.get("display")
+    return {"text": display} if isinstance(display, str) else None
+
+
+def _json_response(body: JSON | bytes) -> Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Response(content=content, media_type="application/json")
+
+
+def _hook_request(doc: Any, service_id: str, hook: str) -> m.HookRequest:
+    req = m.parse_model(m.HookRequest, doc)
+    if req.hook != hook:
+        raise InputError(f"service {service_id} answers the {hook} hook, not {req.hook!r:.60}")
+    return req
+
+
+def _with_gaps(a: Any, gathered: Gathered) -> Any:
+    """The assessment with the data we could not get listed among its data issues."""
+    return replace(a, issues=a.issues + tuple(gathered.issues)) if gathered.issues else a
+
+
+# --- Router --------------------------------------------------------------------------------------
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": m.OperationOutcome, "description": text}
+    for status, text in (
+        (400, "Malformed JSON or a request that does not conform to CDS Hooks 2.0"),
+        (401, "Missing or invalid JWT"),
+        (404, "No such service"),
+        (413, "Request body too large"),
+        (415, "Body is not JSON"),
+    )
+}
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The CDS Hooks endpoints for ``settings``; resources opened here close with the app."""
+    svc = settings.service
+    verifier = None if svc.insecure_dev else JwtVerifier(jwt_policy(settings))
+    state = _State(
+        settings=settings,
+        verifier=verifier,
+        tenants={iss: frozenset(c.tenants) for iss, c in settings.issuers.items() if c.tenants},
+        store=None,
+        http=None,
+        policy=FetchPolicy(allowlist=svc.fhir_server_allowlist, timeout_s=svc.fetch_timeout_s),
+        base=svc.public_base_url.rstrip("/"),
+        discovery_body=orjson.dumps(m.wire(m.Discovery.model_validate(discovery()))),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    router = APIRouter(lifespan=lifespan, tags=["CDS Hooks 2.0"])
+
+    @router.get(
+        SERVICES_PATH,
+        summary="Discovery",
+        response_model=None,
+        responses={200: {"model": m.Discovery}, 401: _ERRORS[401]},
+    )
+    async def discover(request: Request) -> Response:
+        """The services offered, with their prefetch templates."""
+        if not svc.public_discovery:
+            await state.authenticate(request, SERVICES_PATH)
+        return _json_response(state.discovery_body)
+
+    hook_errors = {
+        **_ERRORS,
+        412: {
+            "model": m.OperationOutcome,
+            "description": "Needed data was neither prefetched nor fetchable",
+        },
+    }
+
+    @router.post(
+        SERVICES_PATH + "/{service_id}",
+        summary="Call a CDS service",
+        response_model=None,
+        responses={200: {"model": m.CdsResponse}, **hook_errors},
+        openapi_extra=_body_schema("HookRequest"),
+    )
+    async def call(service_id: str, request: Request) -> Response:
+        """Cards for one hook invocation."""
+        started = time.perf_counter()
+        claims = await state.authenticate(request, f"{SERVICES_PATH}/{service_id}")
+        service = SERVICES.get(service_id)
+        if service is None:
+            raise UnknownService(f"no CDS service {service_id!r:.80}")
+        doc = await _json_body(request)
+        req = _hook_request(doc, service_id, service.hook)
+        now = utc_now()
+        if service is PATIENT_VIEW:
+            pv = m.parse_model(m.PatientViewContext, req.context, prefix="context")
+            _check_token_patient(req, pv.patientId)
+            gathered = await _gather(state, service_id, req, pv.patientId, now)
+            a = evaluate(
+                gathered.resources, now=now, thresholds=settings.thresholds, patient_id=pv.patientId
+            )
+            response = patient_view_response(
+                _with_gaps(a, gathered), service_id=service_id, rules_url=svc.rules_url
+            )
+        else:
+            assert service is MEDICATION_CHECK
+            os_ctx = m.parse_model(m.OrderSelectContext, req.context, prefix="context")
+            _check_token_patient(req, os_ctx.patientId)
+            drugs, active = _selected_drugs(os_ctx)
+            if not drugs:
+                response = m.CdsResponse(cards=[])
+            else:
+                gathered = await _gather(state, service_id, req, os_ctx.patientId, now)
+                a = evaluate(
+                    gathered.resources + active,
+                    now=now,
+                    thresholds=settings.thresholds,
+                    patient_id=os_ctx.patientId,
+                )
+                response = medication_check_response(
+                    _with_gaps(a, gathered), drugs, service_id=service_id, rules_url=svc.rules_url
+                )
+        # Identifiers of the call only: no patient data, no token (best practices).
+        logger.info(
+            "cds %s hookInstance=%.64s iss=%s jti=%.64s cards=%d in %.1f ms",
+            service_id,
+            req.hookInstance,
+            claims.iss if claims else "-",
+            claims.jti if claims else "-",
+            len(response.cards),
+            (time.perf_counter() - started) * 1000,
+        )
+        return _json_response(m.wire(response))
+
+    @router.post(
+        SERVICES_PATH + "/{service_id}/feedback",
+        summary="Feedback on cards",
+        response_model=None,
+        responses={200: {"description": "Stored (idempotent)"}, **_ERRORS},
+        openapi_extra=_body_schema("FeedbackRequest"),
+    )
+    async def feedback(service_id: str, request: Request) -> Response:
+        """Store accepted / overridden outcomes for audit; resending is harmless."""
+        await state.authenticate(request, f"{SERVICES_PATH}/{service_id}/feedback")
+        if service_id not in SERVICES:
+            raise UnknownService(f"no CDS service {service_id!r:.80}")
+        items = parse_feedback(await _json_body(request))
+        added = state.feedback_store().record(service_id, items)
+        # Counts only: a userComment is free text and may hold PHI.
+        logger.info("cds feedback %s: %d item(s), %d new", service_id, len(items), added)
+        return Response(status_code=200)
+
+    return router
+
+
+def _body_schema(model_name: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model_name}"}}
+            },
+        }
+    }
+
+
+#: Request models the OpenAPI document must carry under ``components/schemas``.
+REQUEST_MODELS = (m.HookRequest, m.PatientViewContext, m.OrderSelectContext, m.FeedbackRequest)
+
+
+def _check_token_patient(req: m.HookRequest, patient_id: str) -> None:
+    bound = req.fhirAuthorization.patient if req.fhirAuthorization else None
+    if bound is not None and bound != patient_id:
+        raise InputError("fhirAuthorization.patient is not the patient of context.patientId")
+
+
+async def _gather(
+    state: _State, service_id: str, req: m.HookRequest, patient_id: str, now: datetime
+) -> Gathered:
+    return await gather(
+        SERVICES[service_id],
+        patient_id=patient_id,
+        prefetch=req.prefetch,
+        fhir_server=req.fhirServer,
+        token=req.bearer_token,
+        policy=state.policy,
+        now=now,
+        client_factory=state.fhir_client,
+    )

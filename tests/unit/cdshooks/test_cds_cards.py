@@ -1,0 +1,302 @@
+"""Assessment -> cards: what a clinician sees, and that every card conforms to CDS Hooks 2.0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cds_conformance import assert_conformant
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_leuko.cdshooks.cards import (
+    INDICATOR,
+    OVERRIDE_SYSTEM,
+    SelectedDrug,
+    md,
+    medication_check_response,
+    patient_view_response,
+)
+from fhir_leuko.cdshooks.models import wire
+from fhir_leuko.clinical.model import Assessment
+from fhir_leuko.fhirio import codes
+from fhir_leuko.service import evaluate
+from tests.builders import NOW, TEMP, WBC, at, bundle, cbc, med, obs, patient
+
+SERVICE = "leukopenia-patient-view"
+RULES = "https://rules.example.org/clinical-rules"
+
+
+def assess(*items: Any) -> Assessment:
+    return evaluate(bundle(patient(), *items), now=NOW)
+
+
+def cards_for(*items: Any) -> dict[str, Any]:
+    body = wire(patient_view_response(assess(*items), service_id=SERVICE, rules_url=RULES))
+    assert_conformant(body)
+    return body
+
+
+def created(card: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a["resource"] for s in card.get("suggestions", []) for a in s["actions"]]
+
+
+def action_codes(resource: dict[str, Any]) -> set[str]:
+    return {c["code"] for c in resource["code"]["coding"] if c["system"] == codes.ACTION_SYSTEM}
+
+
+# --- patient-view --------------------------------------------------------------------------------
+
+
+def test_normal_cbc_gives_no_cards_and_no_system_actions() -> None:
+    assert cards_for(cbc(6.0, 3.5)) == {"cards": []}
+
+
+def test_severe_neutropenia_is_one_critical_card_that_creates_the_orders() -> None:
+    body = cards_for(cbc(1.2, 0.4))
+    [card] = body["cards"]
+    assert card["indicator"] == "critical"
+    assert "Severe neutropenia" in card["summary"]
+    assert card["selectionBehavior"] == "any"
+    orders = created(card)
+    assert {c for r in orders for c in action_codes(r)} == {
+        "repeat-cbc",
+        "peripheral-smear",
+        "haematology-referral",
+    }
+    assert all(r["intent"] == "proposal" and r["status"] == "draft" for r in orders)
+    assert all(s["isRecommended"] is True for s in card["suggestions"])
+
+
+def test_risk_assessment_is_a_system_action_and_orders_point_at_it_by_identifier() -> None:
+    body = cards_for(cbc(1.2, 0.4))
+    [system] = body["systemActions"]
+    ra = system["resource"]
+    assert system["type"] == "create" and ra["resourceType"] == "RiskAssessment"
+    for sr in created(body["cards"][0]):
+        [ref] = sr["supportingInfo"]
+        assert ref == {"type": "RiskAssessment", "identifier": ra["identifier"][0]}
+
+
+def test_b12_and_folate_are_one_suggestion_with_both_orders() -> None:
+    # Pancytopenia: row 3 proposes B12 and folate beside repeat CBC, smear and referral.
+    body = cards_for(cbc(2.5, 0.8, hb=9.0, plt=90, mcv=92))
+    card = body["cards"][0]
+    vitamins = [
+        s for s in card["suggestions"]
+        if {"vitamin-b12", "folate"} & {c for a in s["actions"] for c in action_codes(a["resource"])}
+    ]
+    assert len(vitamins) == 1
+    assert [action_codes(a["resource"]) for a in vitamins[0]["actions"]] == [
+        {"vitamin-b12"},
+        {"folate"},
+    ]
+    assert "B12" in vitamins[0]["label"] and "Folate" in vitamins[0]["label"]
+
+
+def test_optional_referral_is_offered_but_not_recommended() -> None:
+    # Persistent mild neutropenia over > 90 days (row 8): the referral is optional.
+    body = cards_for(cbc(5.0, 1.2, when=at(120)), cbc(5.0, 1.3, when=at(60)), cbc(5.0, 1.25))
+    card = body["cards"][0]
+    by_action = {
+        next(iter(action_codes(s["actions"][0]["resource"]))): s for s in card["suggestions"]
+    }
+    assert by_action["haematology-referral"]["isRecommended"] is False
+    assert by_action["peripheral-smear"]["isRecommended"] is True
+
+
+def test_detail_shows_values_dates_grade_trend_and_sources() -> None:
+    body = cards_for(cbc(3.6, 1.4, when=at(30)), cbc(3.0, 1.1, when=at(14)), cbc(2.4, 0.8))
+    detail = body["cards"][0]["detail"]
+    assert "ANC: 0.8 x 10^9/L" in detail
+    assert "WBC: 2.4" in detail and "lower limit 4" in detail
+    assert "**Neutropenia grade:** moderate" in detail
+    assert "**Trend**" in detail and "| 3.6 |" in detail
+    assert "*[seed 000" in detail  # every finding names its source
+    assert "**Decision:** Decision row 4" in detail
+    assert f"]({RULES})" in detail
+
+
+def test_source_links_to_the_rules_and_names_the_problem() -> None:
+    card = cards_for(cbc(1.2, 0.4))["cards"][0]
+    assert card["source"]["url"] == RULES
+    assert card["source"]["topic"] == {
+        "system": codes.FINDING_SYSTEM,
+        "code": "neutropenia-severe",
+        "display": "Severe neutropenia",
+    }
+
+
+def test_override_reasons_are_full_codings() -> None:
+    card = cards_for(cbc(1.2, 0.4))["cards"][0]
+    assert {r["system"] for r in card["overrideReasons"]} == {OVERRIDE_SYSTEM}
+    assert "already-addressed" in {r["code"] for r in card["overrideReasons"]}
+
+
+def test_a_drug_that_lowers_white_cells_is_its_own_card_after_the_main_one() -> None:
+    body = cards_for(cbc(2.0, 1.2), med("Clozapine 100 MG Oral Tablet", "2626"))
+    main, drug = body["cards"]
+    assert main["indicator"] in ("warning", "critical")
+    assert drug["summary"].startswith("Review clozapine")
+    assert drug["source"]["topic"]["code"] == "high-risk-medication"
+    assert "MedicationRequest/" in drug["detail"]
+    assert "clozapine" in main["detail"]  # the main card names it too
+
+
+def test_cards_are_ordered_most_severe_first() -> None:
+    body = cards_for(cbc(3.5, 1.3), med("methotrexate 2.5 mg tablet"))
+    rank = {"critical": 0, "warning": 1, "info": 2}
+    indicators = [rank[c["indicator"]] for c in body["cards"]]
+    assert indicators == sorted(indicators)
+
+
+def test_data_issues_are_on_the_card() -> None:
+    body = cards_for(cbc(1.2, 0.4), obs(WBC, 3.4, at(1), unit="furlongs", ucum="furlongs"))
+    assert "furlongs" in body["cards"][0]["detail"]
+    assert "Data not used" in body["cards"][0]["detail"]
+
+
+def test_a_normal_verdict_with_unreadable_results_is_said_on_an_info_card() -> None:
+    body = cards_for(cbc(6.0, 3.5, when=at(2)), obs(WBC, "3,4", at(0)))
+    [card] = body["cards"]
+    assert card["indicator"] == "info"
+    assert "could not be used" in card["summary"]
+    assert "3,4" in card["detail"]
+    assert "suggestions" not in card
+
+
+def test_preliminary_results_say_so_in_the_summary() -> None:
+    body = cards_for(cbc(1.2, 0.4, status="preliminary"))
+    assert body["cards"][0]["summary"].startswith("Preliminary:")
+
+
+def test_uuids_are_stable_for_the_same_data_and_change_with_new_data() -> None:
+    draw = cbc(1.2, 0.4, when=at(1))
+    first = cards_for(draw)
+    again = cards_for(draw)
+    newer = cards_for(draw, cbc(1.1, 0.3, when=at(0)))
+
+    def uuids(body: dict[str, Any]) -> list[str]:
+        return [c["uuid"] for c in body["cards"]] + [
+            s["uuid"] for c in body["cards"] for s in c.get("suggestions", [])
+        ]
+
+    assert uuids(first) == uuids(again)
+    assert not set(uuids(first)) & set(uuids(newer))
+
+
+# --- Escaping: the sandbox renders detail as Markdown with raw HTML --------------------------
+
+
+def test_patient_derived_text_cannot_inject_html_or_links() -> None:
+    evil = "<img src=x onerror=alert(1)> [click](https://evil.example/x) www.evil.example"
+    body = cards_for(cbc(2.0, 1.2), med(f"clozapine {evil}"))
+    text = "\n".join(c["detail"] for c in body["cards"])
+    assert "<img" not in text
+    assert "](https://evil" not in text
+    assert "https://evil" not in text and "www.evil" not in text
+    assert "&lt;img" in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "rendered"),
+    [
+        ("a < b & c", "a &lt; b &amp; c"),
+        ("*bold* _it_ `code`", "\\*bold\\* \\_it\\_ \\`code\\`"),
+        ("line\nbreak\r\n# heading", "line break \\# heading"),
+        ("x | y", "x \\| y"),
+        ("see http://a.b", "see http\\://a.b"),
+    ],
+)
+def test_md_escapes(raw: str, rendered: str) -> None:
+    assert md(raw) == rendered
+
+
+# --- order-select --------------------------------------------------------------------------------
+
+METHOTREXATE = SelectedDrug(
+    "MedicationRequest/request-123",
+    "methotrexate",
+    "name 'methotrexate' in 'Methotrexate 15 MG Oral Tablet'",
+)
+
+
+def check(*items: Any) -> dict[str, Any]:
+    a = evaluate(
+        bundle(patient(), *items, med("Methotrexate 15 MG Oral Tablet")), now=NOW
+    )
+    body = wire(
+        medication_check_response(
+            a, [METHOTREXATE], service_id="leukopenia-medication-check", rules_url=RULES
+        )
+    )
+    assert_conformant(body)
+    return body
+
+
+def test_high_risk_drug_with_neutropenia_warns_with_the_counts() -> None:
+    [card] = check(cbc(3.1, 1.2))["cards"]
+    assert card["summary"].startswith("Methotrexate with mild neutropenia (ANC 1.2, WBC 3.1")
+    assert card["indicator"] == "warning"
+    [remove] = card["suggestions"]
+    assert remove["actions"] == [
+        {
+            "type": "delete",
+            "description": "Remove the draft order MedicationRequest/request-123",
+            "resourceId": "MedicationRequest/request-123",
+        }
+    ]
+
+
+def test_moderate_neutropenia_on_the_drug_is_critical() -> None:
+    [card] = check(cbc(2.0, 0.7))["cards"]
+    assert card["indicator"] == "critical"
+
+
+def test_no_neutropenia_no_warning() -> None:
+    assert check(cbc(6.0, 3.0))["cards"] == []
+    assert check(cbc(3.5, 2.0))["cards"] == []  # leukopenia alone is not neutropenia
+
+
+def test_low_wbc_without_differential_proves_neutropenia() -> None:
+    [card] = check(cbc(0.9))["cards"]
+    assert "ANC unknown" in card["summary"]
+
+
+def test_fever_shows_in_the_warning() -> None:
+    [card] = check(cbc(2.0, 0.7), obs(TEMP, 38.6, at(0, 1)))["cards"]
+    assert "Febrile neutropenia" in card["detail"]
+
+
+# --- Property: whatever the counts, the response conforms ---------------------------------------
+
+counts = st.floats(min_value=0.0, max_value=12.0, allow_nan=False).map(lambda v: round(v, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    wbc=counts,
+    anc=st.none() | counts,
+    hb=st.none() | st.floats(min_value=5, max_value=17).map(lambda v: round(v, 1)),
+    plt=st.none() | st.integers(min_value=5, max_value=400),
+    fever=st.booleans(),
+    on_drug=st.booleans(),
+)
+def test_every_response_conforms(
+    wbc: float, anc: float | None, hb: float | None, plt: int | None, fever: bool, on_drug: bool
+) -> None:
+    items: list[Any] = [cbc(wbc, anc, hb=hb, plt=plt)]
+    if fever:
+        items.append(obs(TEMP, 38.5, at(0, 1)))
+    if on_drug:
+        items.append(med("carbamazepine 200 mg"))
+    body = cards_for(*items)
+    a = assess(*items)
+    if a.actionable:
+        main = body["cards"][0]
+        assert main["indicator"] == INDICATOR[a.risk]
+        assert main["summary"] == a.headline
+        assert body["systemActions"][0]["resource"]["resourceType"] == "RiskAssessment"
+    else:
+        assert "systemActions" not in body
+        assert all(c["indicator"] == "info" for c in body["cards"])
