@@ -85,7 +85,7 @@ class Thresholds:
     b12_normal_min_pg_ml: float = 180.0
     folate_normal_min_ng_ml: float = 4.0
     b12_folate_recent_days: int = 90
-    # RBC folate (LOINC 2283-0) has its own range; labs commonly give > 140 ng/mL. A result's
+    # RBC folate (LOINC 2283-0) has its own range (lab reference ranges: commonly > 140 ng/mL). A result's
     # own referenceRange.low wins over any default here.
     rbc_folate_normal_min_ng_ml: float = 140.0
 
@@ -118,9 +118,11 @@ class Thresholds:
     # leukopenia, seeds 001, 004).
     repeat_child_viral_start_d: int = 21
     repeat_child_viral_end_d: int = 28
-    # Viral illness counts as recent within this many days of the index CBC.
+    # Viral illness counts as recent within this many days of the index CBC (seeds 001, 004:
+    # transient post-viral leukopenia; our reading, docs/clinical-logic.md).
     recent_viral_days: int = 30
-    # Row 11 (and leukopenia with ANC unknown): a differential within a week.
+    # Row 11 (and leukopenia with ANC unknown): a differential within a week (clinical-rules.md
+    # section 3, row 11).
     repeat_anc_unknown_start_d: int = 0
     repeat_anc_unknown_end_d: int = 7
     # Row 1, febrile neutropenia: emergency assessment, cultures and empiric antibiotics
@@ -130,7 +132,7 @@ class Thresholds:
     # within 12 h of the evaluation.
     urgent_evaluation_hours: int = 12
     # Work-up other than the repeat CBC (smear, referral, B12/folate) counts from the
-    # evaluation time, by priority: asap within a day (row 2: "confirm within 24 h"), urgent
+    # evaluation time, by priority (clinical-rules.md section 3): asap within a day (row 2: "confirm within 24 h"), urgent
     # within a week (row 4's window), routine within two weeks (rows 7-8's window).
     workup_asap_days: int = 1
     workup_urgent_days: int = 7
