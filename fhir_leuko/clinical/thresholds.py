@@ -85,8 +85,8 @@ class Thresholds:
     b12_normal_min_pg_ml: float = 180.0
     folate_normal_min_ng_ml: float = 4.0
     b12_folate_recent_days: int = 90
-    # RBC folate (LOINC 2283-0) has its own range (lab reference ranges: commonly > 140 ng/mL). A result's
-    # own referenceRange.low wins over any default here.
+    # RBC folate (LOINC 2283-0) has its own range (lab reference ranges: commonly
+    # > 140 ng/mL). A result's own referenceRange.low wins over any default here.
     rbc_folate_normal_min_ng_ml: float = 140.0
 
     # --- Duffy-null ----------------------------------------------------------------------------
@@ -132,8 +132,9 @@ class Thresholds:
     # within 12 h of the evaluation.
     urgent_evaluation_hours: int = 12
     # Work-up other than the repeat CBC (smear, referral, B12/folate) counts from the
-    # evaluation time, by priority (clinical-rules.md section 3): asap within a day (row 2: "confirm within 24 h"), urgent
-    # within a week (row 4's window), routine within two weeks (rows 7-8's window).
+    # evaluation time, by priority (clinical-rules.md section 3): asap within a day (row 2:
+    # "confirm within 24 h"), urgent within a week (row 4's window), routine within two weeks
+    # (rows 7-8's window).
     workup_asap_days: int = 1
     workup_urgent_days: int = 7
     workup_routine_days: int = 14
