@@ -47,6 +47,20 @@ class SubscriptionEndpoint:
     header_value: str | None = None  # secret; compared in constant time
     hmac_secret: str | None = None  # Medplum X-Signature / X-Hub-Signature
     token: str | None = None  # bearer token for reading and writing back
+    # Header carrying the HMAC-SHA256 of the body when hmac_secret is set (Medplum:
+    # X-Signature; X-Hub-Signature senders prefix "sha256=").
+    hmac_header: str = "X-Signature"
+    # SMART Backend Services instead of a static token: all of url, client id, key file and kid.
+    smart_token_url: str = ""
+    smart_client_id: str = ""
+    smart_key_file: str = ""  # PEM private key (RS384 or ES384)
+    smart_kid: str = ""
+    smart_algorithm: str = "RS384"
+    smart_scope: str = (
+        "system/Patient.read system/Observation.read system/MedicationRequest.read"
+        " system/Condition.read system/ServiceRequest.read system/ServiceRequest.write"
+        " system/RiskAssessment.read system/RiskAssessment.write"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,17 @@ class ServiceSettings:
     rules_url: str = "http://fhir-leuko.org/fhir/clinical-rules"
     write_back: bool = True
     worker_poll_s: float = 0.5
+    # Notification worker (docs/subscriptions.md): run it inside `serve`, how long a job is
+    # leased before another worker may take it over, retry policy, and how far back a
+    # catch-up search reaches when nothing was ever received from a server.
+    worker_enabled: bool = True
+    worker_lease_s: float = 300.0
+    worker_max_attempts: int = 8
+    worker_backoff_s: float = 10.0
+    worker_backoff_cap_s: float = 3600.0
+    gap_grace_s: float = 30.0  # wait this long for a missing event number before searching
+    catchup_lookback_s: float = 86400.0
+    queue_keep_done_days: float = 14.0  # dedupe memory; beyond any server's retry horizon
 
 
 @dataclass(frozen=True)
