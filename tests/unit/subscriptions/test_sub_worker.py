@@ -35,7 +35,6 @@ from tests.unit.subscriptions.sub_fake_hapi import (
     FakeHapi,
     fhir,
     fixture,
-    searchset,
 )
 
 # 2026-02-10T12:00:00Z: the fixture CBC (WBC 2.9, ANC 0.8) was drawn at 07:40 that day.
@@ -72,9 +71,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def queue(settings: Settings, clock: Clock) -> Iterator[Queue]:
-    with Queue(
-        settings.service.queue_db, clock=clock, backoff_base_s=10.0, max_attempts=3
-    ) as q:
+    with Queue(settings.service.queue_db, clock=clock, backoff_base_s=10.0, max_attempts=3) as q:
         yield q
 
 
@@ -187,7 +184,9 @@ def test_several_results_of_one_draw_make_one_evaluation(
 def test_server_down_then_back_is_retried_with_backoff_and_completes(
     queue: Queue, worker: Worker, hapi: FakeHapi, clock: Clock
 ) -> None:
-    html = (Path(__file__).resolve().parents[2] / "fixtures/fhir_server/nginx_503.html").read_bytes()
+    html = (
+        Path(__file__).resolve().parents[2] / "fixtures/fhir_server/nginx_503.html"
+    ).read_bytes()
     normal = hapi.transaction.side_effect
     hapi.transaction.side_effect = [
         httpx.Response(503, content=html, headers={"Content-Type": "text/html"}),
@@ -475,9 +474,7 @@ def test_gap_that_stays_open_is_recovered_by_a_search_and_closed(
     clock.advance(31)
     outcomes = worker.run_until_idle()
 
-    catch_ups = [
-        c for c in hapi.observation_search.calls if "_lastUpdated" in c.request.url.params
-    ]
+    catch_ups = [c for c in hapi.observation_search.calls if "_lastUpdated" in c.request.url.params]
     assert outcomes[0].kind == "catch-up" and len(catch_ups) == 1
     state = queue.subscription_state(sub)
     assert state is not None and state.last_contiguous == 23
