@@ -1,4 +1,4 @@
-"""Command line: ``fhir-leuko evaluate | serve | config``.
+"""Command line: ``fhir-leuko evaluate | serve | config | fetch | subscribe``.
 
 Exit codes: 0 success (also when nothing is found), 2 unreadable or non-FHIR input or bad
 configuration (one line on stderr), 3 a FHIR server failed.
@@ -7,10 +7,12 @@ configuration (one line on stderr), 3 a FHIR server failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -18,6 +20,7 @@ from fhir_leuko import __version__
 from fhir_leuko.config import load_settings
 from fhir_leuko.errors import ConfigError, FhirServerError, InputError, LeukoError
 from fhir_leuko.fhirio import emit
+from fhir_leuko.fhirio.client import FhirClient
 from fhir_leuko.render import text_report
 from fhir_leuko.service import evaluate
 
@@ -56,7 +59,64 @@ def _parser() -> argparse.ArgumentParser:
 
     cf = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     cf.add_argument("--config", help="TOML configuration file")
+    _add_fhir_commands(sub)
     return p
+
+
+def _add_fhir_commands(sub: Any) -> None:
+    """``fetch`` and ``subscribe``: the two commands that talk to a FHIR server."""
+    fe = sub.add_parser(
+        "fetch",
+        help="read a patient's data from a FHIR server and evaluate it",
+        description="Reads what the CDS prefetch reads (Patient, CBC, temperatures, B12/folate,"
+        " medications, conditions, open orders), evaluates, prints the result; with"
+        " --write-back also writes the RiskAssessment and ServiceRequests (conditional"
+        " creates: running it twice creates nothing new).",
+    )
+    fe.add_argument("--fhir-base", required=True, help="FHIR R4 base URL")
+    fe.add_argument("--patient", required=True, help="Patient id on that server")
+    fe.add_argument("--write-back", action="store_true", help="write the results to the server")
+    fe.add_argument("--now", type=_parse_now, help="evaluation time, ISO-8601 (default: now)")
+    fe.add_argument("--format", choices=("json", "text"), default="json")
+    fe.add_argument("--config", help="TOML configuration file (thresholds)")
+    fe.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
+    fe.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+
+    su = sub.add_parser(
+        "subscribe",
+        help="create the Subscription that notifies us of new CBC results",
+        description="Creates an R4 criteria Subscription (or, with --topic, a Backport IG"
+        " topic Subscription) whose rest-hook calls ENDPOINT with a secret header, then prints"
+        " the [endpoints.NAME] configuration the service needs. Does nothing when the server"
+        " already has a Subscription to ENDPOINT.",
+    )
+    su.add_argument("--fhir-base", required=True, help="FHIR R4 base URL")
+    su.add_argument(
+        "--endpoint", required=True, help="our notification URL, e.g. https://host/notify/NAME"
+    )
+    su.add_argument(
+        "--secret",
+        help=f"the notification secret (default: ${SECRET_ENV}, else a new one is made and "
+        "printed once on standard error)",
+    )
+    su.add_argument("--header-name", default="Authorization", help="header carrying the secret")
+    su.add_argument("--topic", help="SubscriptionTopic URL: create a Backport IG Subscription")
+    su.add_argument(
+        "--content",
+        choices=("empty", "id-only", "full-resource"),
+        default="id-only",
+        help="Backport payload content (with --topic)",
+    )
+    su.add_argument(
+        "--heartbeat", type=int, default=3600, help="Backport heartbeat period, seconds"
+    )
+    su.add_argument(
+        "--no-payload",
+        action="store_true",
+        help="R4: ask for empty pings instead of the resource",
+    )
+    su.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
+    su.add_argument("--dry-run", action="store_true", help="print the Subscription, create nothing")
 
 
 def _read(path: str) -> bytes:
@@ -110,6 +170,78 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_ENV = "FHIR_LEUKO_FHIR_TOKEN"
+SECRET_ENV = "FHIR_LEUKO_NOTIFY_SECRET"
+
+
+def _fhir_client(base: str, token: str | None, timeout: float = 30.0) -> FhirClient:
+    return FhirClient(base, auth=token or os.environ.get(TOKEN_ENV) or None, timeouts=timeout)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from fhir_leuko.subscriptions.worker import fetch_patient_data, write_back
+
+    settings = load_settings(args.config)
+    now = args.now or datetime.now(UTC)
+    with _fhir_client(args.fhir_base, args.token, args.timeout) as client:
+        data = fetch_patient_data(client, args.patient, now)
+        assessment = evaluate(
+            data, now=now, thresholds=settings.thresholds, patient_id=args.patient
+        )
+        if args.format == "text":
+            sys.stdout.write(text_report(assessment))
+        else:
+            out = emit.bundle(assessment)
+            sys.stdout.buffer.write(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+        resources = emit.resources(assessment)
+        if args.write_back:
+            if not resources:
+                print("fhir-leuko: nothing to write back (no finding)", file=sys.stderr)
+            else:
+                created = write_back(client, resources)
+                print(
+                    f"fhir-leuko: wrote back {len(resources)} resources: {created} created, "
+                    f"{len(resources) - created} already there",
+                    file=sys.stderr,
+                )
+    return 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    from fhir_leuko.subscriptions import subscribe as sub
+
+    secret = args.secret or os.environ.get(SECRET_ENV)
+    made = secret is None
+    header = sub.channel_header(secret or sub.new_secret(), args.header_name)
+    if args.topic:
+        resource = sub.backport_subscription(
+            args.endpoint, header, args.topic, content=args.content, heartbeat_s=args.heartbeat
+        )
+    else:
+        resource = sub.r4_subscription(args.endpoint, header, payload=not args.no_payload)
+    if args.dry_run:
+        sys.stdout.buffer.write(orjson.dumps(resource, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    with _fhir_client(args.fhir_base, args.token) as client:
+        on_server, created = sub.create_subscription(client, resource)
+    sid = on_server.get("id", "?")
+    status = on_server.get("status", "?")
+    if created:
+        print(f"created Subscription/{sid} (status {status})")
+        if made:
+            print(
+                f"fhir-leuko: the new notification secret (shown once): {header}",
+                file=sys.stderr,
+            )
+    else:
+        print(f"Subscription/{sid} already notifies this endpoint (status {status}); unchanged")
+    name = args.endpoint.rstrip("/").rsplit("/", 1)[-1]
+    print("\nConfigure the service with:\n")
+    print(sub.endpoint_config(name, args.fhir_base, header))
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     sys.stdout.buffer.write(orjson.dumps(settings.audit(), option=orjson.OPT_INDENT_2) + b"\n")
@@ -123,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "fetch":
+            return _fetch(args)
+        if args.command == "subscribe":
+            return _subscribe(args)
         return _config(args)
     except (InputError, ConfigError) as exc:
         print(f"fhir-leuko: error: {exc}", file=sys.stderr)
