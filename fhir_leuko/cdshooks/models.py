@@ -13,6 +13,7 @@ the hook pages of patient-view and order-select; ``docs/cds-hooks.md`` sections 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -27,7 +28,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import SkipJsonSchema, models_json_schema
 
 from fhir_leuko.errors import InputError
 
@@ -63,9 +64,24 @@ TypedReference = Annotated[
 
 
 class _Request(BaseModel):
-    """Client input: strict JSON types, unknown fields (``extension``) kept and ignored."""
+    """Client input: strict JSON types, unknown fields (``extension``) kept and ignored.
+
+    A declared field sent as ``null`` is refused: "JSON attributes SHALL NOT be null" and an
+    OPTIONAL field without a value is omitted (spec "Use of JSON"). Prefetch values are not
+    fields, so their spec-sanctioned ``null`` passes.
+    """
 
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                if name in data and data[name] is None:
+                    how = "must not be null" if info.is_required() else "must be omitted, not null"
+                    raise ValueError(f"{name} {how}")
+        return data
 
 
 class _Response(BaseModel):
@@ -85,18 +101,29 @@ class FhirAuthorization(_Request):
     expires_in: Annotated[StrictInt, Field(ge=0)]
     scope: NonBlank
     subject: NonBlank
-    patient: FhirId | None = None
+    patient: FhirId | SkipJsonSchema[None] = None
 
 
 class HookRequest(_Request):
     """The body of ``POST /cds-services/{id}``; ``context`` is checked per hook afterwards."""
 
-    hook: NonBlank
+    # The schema extras only document (OpenAPI, schemathesis) what the router checks per hook.
+    hook: Annotated[NonBlank, Field(json_schema_extra={"enum": ["patient-view", "order-select"]})]
     hookInstance: NonBlank
-    fhirServer: HttpUrl | None = None
-    fhirAuthorization: FhirAuthorization | None = None
-    context: dict[str, Any]
-    prefetch: dict[str, Any] | None = None
+    fhirServer: HttpUrl | SkipJsonSchema[None] = None
+    fhirAuthorization: FhirAuthorization | SkipJsonSchema[None] = None
+    context: Annotated[
+        dict[str, Any],
+        Field(
+            json_schema_extra={
+                "anyOf": [
+                    {"$ref": "#/components/schemas/PatientViewContext"},
+                    {"$ref": "#/components/schemas/OrderSelectContext"},
+                ]
+            }
+        ),
+    ]
+    prefetch: dict[str, Any] | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _server_for_token(self) -> HookRequest:
@@ -115,7 +142,7 @@ class PatientViewContext(_Request):
 
     userId: PatientViewUser
     patientId: FhirId
-    encounterId: FhirId | None = None
+    encounterId: FhirId | SkipJsonSchema[None] = None
 
 
 class DraftOrders(_Request):
@@ -130,7 +157,7 @@ class OrderSelectContext(_Request):
 
     userId: OrderSelectUser
     patientId: FhirId
-    encounterId: FhirId | None = None
+    encounterId: FhirId | SkipJsonSchema[None] = None
     selections: Annotated[list[TypedReference], Field(min_length=1)]
     draftOrders: DraftOrders
 
@@ -272,14 +299,25 @@ def wire(model: BaseModel) -> JSON:
     return model.model_dump(mode="json", exclude_none=True)
 
 
+_BRANCH_TAG = re.compile(r"^[A-Z]|[-\[]")
+
+
 def validation_message(err: ValidationError, *, prefix: str = "", limit: int = 3) -> str:
     """One sentence naming the first problems of a request, e.g. ``context.patientId is missing``.
 
     Input values are never echoed: they may hold PHI, and the message can reach a log.
     """
     parts: list[str] = []
-    for e in err.errors(include_url=False, include_input=False)[:limit]:
-        where = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+    # An optional field is a union with None: its None branch always fails too, and the
+    # other branch shows up in ``loc`` under a tag ("constrained-str", a model name).
+    errors = [
+        e
+        for e in err.errors(include_url=False, include_input=False)
+        if e["type"] != "none_required"
+    ]
+    for e in errors[:limit]:
+        loc = [p for p in e["loc"] if isinstance(p, int) or not _BRANCH_TAG.search(p)]
+        where = ".".join(str(p) for p in (prefix, *loc) if p != "")
         kind = e["type"]
         if kind == "missing":
             parts.append(f"{where} is missing")
@@ -292,7 +330,7 @@ def validation_message(err: ValidationError, *, prefix: str = "", limit: int = 3
             parts.append(f"{where} is not allowed")
         else:
             parts.append(f"{where}: {e['msg']}" if where else str(e["msg"]))
-    more = err.error_count() - len(parts)
+    more = len(errors) - len(parts)
     if more > 0:
         parts.append(f"and {more} more problem{'s' if more > 1 else ''}")
     return "; ".join(parts)

@@ -1,4 +1,4 @@
-"""CDS Hooks 2.0 response rules, checked on the JSON an EHR would receive (docs/cds-hooks.md 4.2)."""
+"""CDS Hooks 2.0 response rules, checked on the JSON an EHR receives (docs/cds-hooks.md 4.2)."""
 
 from __future__ import annotations
 

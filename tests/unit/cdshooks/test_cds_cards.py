@@ -83,8 +83,10 @@ def test_b12_and_folate_are_one_suggestion_with_both_orders() -> None:
     body = cards_for(cbc(2.5, 0.8, hb=9.0, plt=90, mcv=92))
     card = body["cards"][0]
     vitamins = [
-        s for s in card["suggestions"]
-        if {"vitamin-b12", "folate"} & {c for a in s["actions"] for c in action_codes(a["resource"])}
+        s
+        for s in card["suggestions"]
+        if {"vitamin-b12", "folate"}
+        & {c for a in s["actions"] for c in action_codes(a["resource"])}
     ]
     assert len(vitamins) == 1
     assert [action_codes(a["resource"]) for a in vitamins[0]["actions"]] == [
@@ -222,9 +224,7 @@ METHOTREXATE = SelectedDrug(
 
 
 def check(*items: Any) -> dict[str, Any]:
-    a = evaluate(
-        bundle(patient(), *items, med("Methotrexate 15 MG Oral Tablet")), now=NOW
-    )
+    a = evaluate(bundle(patient(), *items, med("Methotrexate 15 MG Oral Tablet")), now=NOW)
     body = wire(
         medication_check_response(
             a, [METHOTREXATE], service_id="leukopenia-medication-check", rules_url=RULES

@@ -1,4 +1,4 @@
-"""Prefetch missing: we fetch from fhirServer (respx-mocked), page, retry, give up in time, or 412."""
+"""Prefetch missing: we fetch from fhirServer (respx-mocked), page, retry, give up in time, 412."""
 
 from __future__ import annotations
 
@@ -32,8 +32,13 @@ def request(**prefetch: Any) -> dict[str, Any]:
         "hook": "patient-view",
         "hookInstance": str(uuid.uuid4()),
         "fhirServer": FHIR,
-        "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
-                              "scope": "user/*.read", "subject": "fhir-leuko"},
+        "fhirAuthorization": {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/*.read",
+            "subject": "fhir-leuko",
+        },
         "context": {"userId": "Practitioner/dr1", "patientId": "p1"},
         **({"prefetch": prefetch} if prefetch else {}),
     }
@@ -49,9 +54,14 @@ def searchset(*resources: Any, next_url: str | None = None) -> dict[str, Any]:
 @pytest.fixture
 def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setattr("fhir_leuko.cdshooks.router.utc_now", lambda: NOW)
-    settings = Settings(service=ServiceSettings(
-        insecure_dev=True, fhir_server_allowlist=(FHIR,), fetch_timeout_s=0.5,
-        feedback_db=str(tmp_path / "fb.sqlite3")))
+    settings = Settings(
+        service=ServiceSettings(
+            insecure_dev=True,
+            fhir_server_allowlist=(FHIR,),
+            fetch_timeout_s=0.5,
+            feedback_db=str(tmp_path / "fb.sqlite3"),
+        )
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -109,8 +119,9 @@ def test_normalise_base() -> None:
 # --- Fetching what was not prefetched ------------------------------------------------------------
 
 
-def test_everything_fetched_with_the_bearer_token(app_client: TestClient,
-                                                  fhir: respx.MockRouter) -> None:
+def test_everything_fetched_with_the_bearer_token(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     cbc_route(fhir).respond(json=searchset(cbc(1.2, 0.4)))
     serve_everything_else(fhir)
     r = app_client.post(PV, json=request())
@@ -124,29 +135,50 @@ def test_everything_fetched_with_the_bearer_token(app_client: TestClient,
 
 def test_only_missing_keys_are_fetched(app_client: TestClient, fhir: respx.MockRouter) -> None:
     meds = fhir.get("/MedicationRequest").respond(json=searchset(med("clozapine", "2626")))
-    r = app_client.post(PV, json=request(
-        patient=patient(), cbc=searchset(cbc(2.0, 1.2)), temperatures=None, vitaminLevels=None,
-        conditions=None, openOrders=None))
+    r = app_client.post(
+        PV,
+        json=request(
+            patient=patient(),
+            cbc=searchset(cbc(2.0, 1.2)),
+            temperatures=None,
+            vitaminLevels=None,
+            conditions=None,
+            openOrders=None,
+        ),
+    )
     assert r.status_code == 200
     assert meds.call_count == 1 and len(fhir.calls) == 1
     assert any("clozapine" in c["summary"] for c in r.json()["cards"])
 
 
-def test_operation_outcome_in_prefetch_is_fetched_instead(app_client: TestClient,
-                                                          fhir: respx.MockRouter) -> None:
+def test_operation_outcome_in_prefetch_is_fetched_instead(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     route = cbc_route(fhir).respond(json=searchset(cbc(1.2, 0.4)))
-    outcome = {"resourceType": "OperationOutcome",
-               "issue": [{"severity": "error", "code": "timeout"}]}
-    r = app_client.post(PV, json=request(
-        patient=patient(), cbc=outcome, temperatures=None, vitaminLevels=None, medications=None,
-        conditions=None, openOrders=None))
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout"}],
+    }
+    r = app_client.post(
+        PV,
+        json=request(
+            patient=patient(),
+            cbc=outcome,
+            temperatures=None,
+            vitaminLevels=None,
+            medications=None,
+            conditions=None,
+            openOrders=None,
+        ),
+    )
     assert r.status_code == 200 and route.call_count == 1
 
 
 def test_search_pages_are_followed(app_client: TestClient, fhir: respx.MockRouter) -> None:
     page2 = f"{FHIR}/Observation?_getpages=abc&_page=2"
     fhir.get("/Observation", params={"_getpages": "abc"}).respond(
-        json=searchset(cbc(1.9, 0.8, when=at(0))))
+        json=searchset(cbc(1.9, 0.8, when=at(0)))
+    )
     cbc_route(fhir).respond(json=searchset(cbc(3.0, 1.6, when=at(10)), next_url=page2))
     serve_everything_else(fhir)
     r = app_client.post(PV, json=request())
@@ -154,12 +186,14 @@ def test_search_pages_are_followed(app_client: TestClient, fhir: respx.MockRoute
     assert "ANC 0.8" in r.json()["cards"][0]["summary"]  # the newest draw was on page 2
 
 
-def test_paging_stops_once_a_page_is_older_than_the_window(app_client: TestClient,
-                                                           fhir: respx.MockRouter) -> None:
+def test_paging_stops_once_a_page_is_older_than_the_window(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     old = f"{FHIR}/Observation?_getpages=old"
     older = fhir.get("/Observation", params={"_getpages": "older"}).respond(json=EMPTY)
     fhir.get("/Observation", params={"_getpages": "old"}).respond(
-        json=searchset(cbc(1.0, 0.2, when=at(500)), next_url=f"{FHIR}/Observation?_getpages=older"))
+        json=searchset(cbc(1.0, 0.2, when=at(500)), next_url=f"{FHIR}/Observation?_getpages=older")
+    )
     cbc_route(fhir).respond(json=searchset(cbc(5.0, 2.5, when=at(0)), next_url=old))
     serve_everything_else(fhir)
     r = app_client.post(PV, json=request())
@@ -168,14 +202,25 @@ def test_paging_stops_once_a_page_is_older_than_the_window(app_client: TestClien
     assert older.call_count == 0
 
 
-def test_prefetch_next_link_is_followed_on_fhir_server(app_client: TestClient,
-                                                       fhir: respx.MockRouter) -> None:
+def test_prefetch_next_link_is_followed_on_fhir_server(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     page2 = fhir.get("/Observation", params={"page": "2"}).respond(
-        json=searchset(cbc(1.1, 0.3, when=at(0))))
+        json=searchset(cbc(1.1, 0.3, when=at(0)))
+    )
     first = searchset(cbc(4.5, 2.0, when=at(5)), next_url=f"{FHIR}/Observation?page=2")
-    r = app_client.post(PV, json=request(
-        patient=patient(), cbc=first, temperatures=None, vitaminLevels=None, medications=None,
-        conditions=None, openOrders=None))
+    r = app_client.post(
+        PV,
+        json=request(
+            patient=patient(),
+            cbc=first,
+            temperatures=None,
+            vitaminLevels=None,
+            medications=None,
+            conditions=None,
+            openOrders=None,
+        ),
+    )
     assert page2.call_count == 1
     assert r.json()["cards"][0]["indicator"] == "critical"
 
@@ -183,9 +228,18 @@ def test_prefetch_next_link_is_followed_on_fhir_server(app_client: TestClient,
 def test_prefetch_next_link_elsewhere_is_not_followed_and_said(app_client: TestClient) -> None:
     first = searchset(cbc(1.1, 0.3), next_url="http://169.254.169.254/latest/meta-data")
     with respx.mock(assert_all_called=False) as net:
-        r = app_client.post(PV, json=request(
-            patient=patient(), cbc=first, temperatures=None, vitaminLevels=None,
-            medications=None, conditions=None, openOrders=None))
+        r = app_client.post(
+            PV,
+            json=request(
+                patient=patient(),
+                cbc=first,
+                temperatures=None,
+                vitaminLevels=None,
+                medications=None,
+                conditions=None,
+                openOrders=None,
+            ),
+        )
     assert not net.calls
     assert "Only the first page of prefetch key 'cbc'" in r.json()["cards"][0]["detail"]
 
@@ -194,8 +248,13 @@ def test_prefetch_next_link_elsewhere_is_not_followed_and_said(app_client: TestC
 
 
 def test_401_on_a_required_key_is_412(app_client: TestClient, fhir: respx.MockRouter) -> None:
-    cbc_route(fhir).respond(401, json={"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "login", "diagnostics": "token expired"}]})
+    cbc_route(fhir).respond(
+        401,
+        json={
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "login", "diagnostics": "token expired"}],
+        },
+    )
     serve_everything_else(fhir)
     r = app_client.post(PV, json=request())
     assert r.status_code == 412
@@ -204,8 +263,9 @@ def test_401_on_a_required_key_is_412(app_client: TestClient, fhir: respx.MockRo
     assert TOKEN not in text
 
 
-def test_401_on_an_optional_key_still_gives_cards_that_say_so(app_client: TestClient,
-                                                              fhir: respx.MockRouter) -> None:
+def test_401_on_an_optional_key_still_gives_cards_that_say_so(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     cbc_route(fhir).respond(json=searchset(cbc(1.2, 0.4)))
     serve_everything_else(fhir)
     fhir.get("/MedicationRequest").respond(403)
@@ -239,8 +299,9 @@ def test_429_with_retry_after_is_retried(app_client: TestClient, fhir: respx.Moc
     assert route.call_count == 2
 
 
-def test_429_asking_longer_than_our_budget_is_412_at_once(app_client: TestClient,
-                                                          fhir: respx.MockRouter) -> None:
+def test_429_asking_longer_than_our_budget_is_412_at_once(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     cbc_route(fhir).respond(429, headers={"Retry-After": "30"})
     serve_everything_else(fhir)
     started = time.monotonic()
@@ -256,8 +317,9 @@ def test_network_timeout_is_412(app_client: TestClient, fhir: respx.MockRouter) 
     assert r.status_code == 412
 
 
-def test_a_slow_server_is_cut_off_at_the_budget(app_client: TestClient,
-                                                fhir: respx.MockRouter) -> None:
+def test_a_slow_server_is_cut_off_at_the_budget(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(5)
         return httpx.Response(200, json=EMPTY)
@@ -271,8 +333,9 @@ def test_a_slow_server_is_cut_off_at_the_budget(app_client: TestClient,
     assert elapsed < 2.0, f"the 0.5 s budget was not kept ({elapsed:.2f} s)"
 
 
-def test_a_slow_optional_key_does_not_hold_up_the_cards(app_client: TestClient,
-                                                        fhir: respx.MockRouter) -> None:
+def test_a_slow_optional_key_does_not_hold_up_the_cards(
+    app_client: TestClient, fhir: respx.MockRouter
+) -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(5)
         return httpx.Response(200, json=EMPTY)
@@ -286,28 +349,44 @@ def test_a_slow_optional_key_does_not_hold_up_the_cards(app_client: TestClient,
 
 
 def test_server_answering_html_is_412(app_client: TestClient, fhir: respx.MockRouter) -> None:
-    cbc_route(fhir).respond(200, text="<html>login</html>",
-                            headers={"Content-Type": "text/html"})
+    cbc_route(fhir).respond(200, text="<html>login</html>", headers={"Content-Type": "text/html"})
     serve_everything_else(fhir)
     assert app_client.post(PV, json=request()).status_code == 412
 
 
-# --- Time windows (no date tokens in CDS Hooks 2.0) ------------------------------------------------
+# --- Time windows (no date tokens in CDS Hooks 2.0) ---------------------------------------------
 
 
 def test_old_fever_is_outside_the_48_hour_window(app_client: TestClient) -> None:
-    base = {"patient": patient(), "cbc": searchset(cbc(2.0, 0.8, when=at(3))),
-            "vitaminLevels": None, "medications": None, "conditions": None, "openOrders": None}
-    recent = app_client.post(PV, json=request(
-        **base, temperatures=searchset(obs(TEMP, 38.9, at(0, 3))))).json()
-    stale = app_client.post(PV, json=request(
-        **base, temperatures=searchset(obs(TEMP, 38.9, at(3, 0))))).json()
+    base = {
+        "patient": patient(),
+        "cbc": searchset(cbc(2.0, 0.8, when=at(3))),
+        "vitaminLevels": None,
+        "medications": None,
+        "conditions": None,
+        "openOrders": None,
+    }
+    recent = app_client.post(
+        PV, json=request(**base, temperatures=searchset(obs(TEMP, 38.9, at(0, 3))))
+    ).json()
+    stale = app_client.post(
+        PV, json=request(**base, temperatures=searchset(obs(TEMP, 38.9, at(3, 0))))
+    ).json()
     assert "Febrile neutropenia" in recent["cards"][0]["summary"]
     assert "Febrile" not in stale["cards"][0]["summary"]
 
 
 def test_cbc_older_than_12_months_is_not_used(app_client: TestClient) -> None:
-    r = app_client.post(PV, json=request(
-        patient=patient(), cbc=searchset(cbc(1.0, 0.2, when=at(400))), temperatures=None,
-        vitaminLevels=None, medications=None, conditions=None, openOrders=None))
+    r = app_client.post(
+        PV,
+        json=request(
+            patient=patient(),
+            cbc=searchset(cbc(1.0, 0.2, when=at(400))),
+            temperatures=None,
+            vitaminLevels=None,
+            medications=None,
+            conditions=None,
+            openOrders=None,
+        ),
+    )
     assert r.json() == {"cards": []}

@@ -97,19 +97,40 @@ def secured(tmp_path: Path) -> Iterator[TestClient]:
 def epic_token(aud: str, **claims: Any) -> str:
     """Like Epic: RS384, 15 min, with nbf and sub."""
     now = int(__import__("time").time())
-    payload = {"iss": EHR_ISS, "aud": aud, "iat": now, "nbf": now - 300, "exp": now + 900,
-               "jti": str(uuid.uuid4()), "sub": "cds-client-1", **claims}
-    return jwt.encode({k: v for k, v in payload.items() if v is not None}, RSA_KEY,
-                      algorithm="RS384", headers={"kid": EHR_KID, "typ": "JWT"})
+    payload = {
+        "iss": EHR_ISS,
+        "aud": aud,
+        "iat": now,
+        "nbf": now - 300,
+        "exp": now + 900,
+        "jti": str(uuid.uuid4()),
+        "sub": "cds-client-1",
+        **claims,
+    }
+    return jwt.encode(
+        {k: v for k, v in payload.items() if v is not None},
+        RSA_KEY,
+        algorithm="RS384",
+        headers={"kid": EHR_KID, "typ": "JWT"},
+    )
 
 
 def sandbox_token(aud: str) -> str:
     """Like the public sandbox: ES384, jku, 300 s, no sub, no nbf, no tenant."""
     now = int(__import__("time").time())
-    payload = {"iss": SANDBOX_ISS, "aud": aud, "iat": now, "exp": now + 300,
-               "jti": str(uuid.uuid4())}
-    return jwt.encode(payload, EC_KEY, algorithm="ES384",
-                      headers={"kid": SANDBOX_KID, "jku": SANDBOX_JKU, "typ": "JWT"})
+    payload = {
+        "iss": SANDBOX_ISS,
+        "aud": aud,
+        "iat": now,
+        "exp": now + 300,
+        "jti": str(uuid.uuid4()),
+    }
+    return jwt.encode(
+        payload,
+        EC_KEY,
+        algorithm="ES384",
+        headers={"kid": SANDBOX_KID, "jku": SANDBOX_JKU, "typ": "JWT"},
+    )
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -125,8 +146,14 @@ def test_discovery_lists_both_services_with_their_prefetch(client: TestClient) -
     pv = by_id["leukopenia-patient-view"]
     assert pv["hook"] == "patient-view"
     assert pv["title"] and pv["description"] and pv["usageRequirements"]
-    assert set(pv["prefetch"]) >= {"patient", "cbc", "temperatures", "medications",
-                                   "conditions", "openOrders"}
+    assert set(pv["prefetch"]) >= {
+        "patient",
+        "cbc",
+        "temperatures",
+        "medications",
+        "conditions",
+        "openOrders",
+    }
     assert pv["prefetch"]["patient"] == "Patient/{{context.patientId}}"
     cbc_query = pv["prefetch"]["cbc"]
     assert "_sort=-date" in cbc_query
@@ -180,14 +207,21 @@ def test_missing_required_key_without_a_server_is_412(client: TestClient) -> Non
 
 def test_spec_example_request_is_accepted_and_fetches_what_it_lacks(tmp_path: Path) -> None:
     # The spec's own example prefetches only "patientToGreet", a key we do not ask for.
-    settings = make_settings(tmp_path, insecure_dev=True,
-                             fhir_server_allowlist=("https://fhir.example.org",))
-    with respx.mock(base_url="https://fhir.example.org") as fhir, TestClient(
-        create_app(settings)
-    ) as c:
+    settings = make_settings(
+        tmp_path, insecure_dev=True, fhir_server_allowlist=("https://fhir.example.org",)
+    )
+    with (
+        respx.mock(base_url="https://fhir.example.org") as fhir,
+        TestClient(create_app(settings)) as c,
+    ):
         fhir.get("/Patient/1288992").respond(
-            json={"resourceType": "Patient", "id": "1288992", "gender": "male",
-                  "birthDate": "1925-12-23"})
+            json={
+                "resourceType": "Patient",
+                "id": "1288992",
+                "gender": "male",
+                "birthDate": "1925-12-23",
+            }
+        )
         empty = {"resourceType": "Bundle", "type": "searchset", "total": 0}
         fhir.get("/Observation").respond(json=empty)
         fhir.get("/MedicationRequest").respond(json=empty)
@@ -220,8 +254,10 @@ def test_sandbox_methotrexate_with_neutropenia_warns(client: TestClient) -> None
     request["prefetch"] = {
         "patient": patient(pid="smart-1288992"),
         "cbc": bundle(
-            [dict(o, subject={"reference": "Patient/smart-1288992"})
-             for o in cbc(2.9, 0.9, when=at(0))],
+            [
+                dict(o, subject={"reference": "Patient/smart-1288992"})
+                for o in cbc(2.9, 0.9, when=at(0))
+            ],
             type_="searchset",
         ),
         "temperatures": None,
@@ -245,8 +281,9 @@ def test_sandbox_patient_view_fetches_from_an_open_server(tmp_path: Path) -> Non
         type_="searchset",
     )
     with respx.mock(base_url=r4) as fhir, TestClient(create_app(settings)) as c:
-        fhir.get("/Observation", params={"code": services.CBC.template.split("code=")[1]
-                                         .split("&")[0]}).respond(json=labs)
+        fhir.get(
+            "/Observation", params={"code": services.CBC.template.split("code=")[1].split("&")[0]}
+        ).respond(json=labs)
         fhir.get("/Observation").respond(json=searchset)
         for kind in ("MedicationRequest", "Condition", "ServiceRequest"):
             fhir.get(f"/{kind}").respond(json=searchset)
@@ -271,15 +308,28 @@ def test_sandbox_patient_view_fetches_from_an_open_server(tmp_path: Path) -> Non
         (lambda b: b.update(hookInstance=42), "hookInstance"),
         (lambda b: b.update(fhirServer="not a url"), "fhirServer has the wrong format"),
         (
-            lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "Bearer",
-                                                  "expires_in": 300, "scope": "s",
-                                                  "subject": "c"}),
+            lambda b: b.update(
+                fhirAuthorization={
+                    "access_token": "t",
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "s",
+                    "subject": "c",
+                }
+            ),
             "fhirServer is required when fhirAuthorization is sent",
         ),
         (
-            lambda b: b.update(fhirServer="https://f.example", fhirAuthorization={
-                "access_token": "t", "token_type": "MAC", "expires_in": 300, "scope": "s",
-                "subject": "c"}),
+            lambda b: b.update(
+                fhirServer="https://f.example",
+                fhirAuthorization={
+                    "access_token": "t",
+                    "token_type": "MAC",
+                    "expires_in": 300,
+                    "scope": "s",
+                    "subject": "c",
+                },
+            ),
             "fhirAuthorization.token_type",
         ),
         (lambda b: b.update(prefetch=[1]), "prefetch"),
@@ -337,15 +387,22 @@ def test_unknown_service_is_404(client: TestClient) -> None:
 def test_token_bound_to_another_patient_is_refused(client: TestClient) -> None:
     body = pv_request()
     body["fhirServer"] = "https://fhir.example.org"
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 60,
-                                 "scope": "patient/*.read", "subject": "c", "patient": "other"}
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 60,
+        "scope": "patient/*.read",
+        "subject": "c",
+        "patient": "other",
+    }
     r = client.post(PV, json=body)
     assert r.status_code == 400
 
 
 def test_prefetch_of_another_patient_is_refused(client: TestClient) -> None:
-    other = bundle([dict(o, subject={"reference": "Patient/p2"}) for o in cbc(1.0, 0.3)],
-                   type_="searchset")
+    other = bundle(
+        [dict(o, subject={"reference": "Patient/p2"}) for o in cbc(1.0, 0.3)], type_="searchset"
+    )
     r = client.post(PV, json=pv_request(cbc=other))
     assert r.status_code == 400
 
@@ -354,16 +411,23 @@ def test_prefetch_of_another_patient_is_refused(client: TestClient) -> None:
 
 
 def test_preflight_from_a_configured_origin_needs_no_jwt(secured: TestClient) -> None:
-    r = secured.options(PV, headers={"Origin": SANDBOX, "Access-Control-Request-Method": "POST",
-                                     "Access-Control-Request-Headers": "authorization,content-type"})
+    r = secured.options(
+        PV,
+        headers={
+            "Origin": SANDBOX,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == SANDBOX
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
 
 
 def test_preflight_from_another_origin_is_not_allowed(secured: TestClient) -> None:
-    r = secured.options(PV, headers={"Origin": "https://evil.example",
-                                     "Access-Control-Request-Method": "POST"})
+    r = secured.options(
+        PV, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in r.headers
 
 
@@ -396,14 +460,21 @@ def test_sandbox_style_es384_token_with_allowlisted_jku_is_accepted(secured: Tes
         "not-a-jwt",
         pytest.param(lambda: epic_token(BASE + "/cds-services/other"), id="aud-other-service"),
         pytest.param(lambda: epic_token(BASE + PV + "/feedback"), id="aud-feedback-url"),
-        pytest.param(lambda: epic_token(BASE + PV, exp=1_000_000_000, iat=999_999_000,
-                                        nbf=None), id="expired"),
+        pytest.param(
+            lambda: epic_token(BASE + PV, exp=1_000_000_000, iat=999_999_000, nbf=None),
+            id="expired",
+        ),
         pytest.param(lambda: epic_token(BASE + PV, iss="https://unknown.example"), id="iss"),
         pytest.param(lambda: epic_token(BASE + PV, jti=None), id="no-jti"),
-        pytest.param(lambda: jwt.encode({"iss": EHR_ISS, "aud": BASE + PV, "iat": 1, "exp": 2**31,
-                                         "jti": "x"}, "secret-secret-secret-secret-32bytes",
-                                        algorithm="HS256", headers={"kid": EHR_KID}),
-                     id="hmac"),
+        pytest.param(
+            lambda: jwt.encode(
+                {"iss": EHR_ISS, "aud": BASE + PV, "iat": 1, "exp": 2**31, "jti": "x"},
+                "secret-secret-secret-secret-32bytes",
+                algorithm="HS256",
+                headers={"kid": EHR_KID},
+            ),
+            id="hmac",
+        ),
     ],
 )
 def test_bad_tokens_get_a_bare_401(secured: TestClient, token: Any) -> None:
@@ -423,9 +494,12 @@ def test_a_replayed_token_is_refused(secured: TestClient) -> None:
 
 def test_jku_not_on_the_allowlist_is_never_fetched(secured: TestClient) -> None:
     now = int(__import__("time").time())
-    token = jwt.encode({"iss": SANDBOX_ISS, "aud": BASE + PV, "iat": now, "exp": now + 60,
-                        "jti": "j1"}, EC_KEY, algorithm="ES384",
-                       headers={"kid": SANDBOX_KID, "jku": "https://attacker.example/jwks"})
+    token = jwt.encode(
+        {"iss": SANDBOX_ISS, "aud": BASE + PV, "iat": now, "exp": now + 60, "jti": "j1"},
+        EC_KEY,
+        algorithm="ES384",
+        headers={"kid": SANDBOX_KID, "jku": "https://attacker.example/jwks"},
+    )
     with respx.mock(assert_all_called=False) as net:
         r = secured.post(PV, json=pv_request(), headers=bearer(token))
     assert r.status_code == 401
@@ -442,14 +516,17 @@ def test_discovery_needs_a_jwt_unless_configured_public(tmp_path: Path) -> None:
 def test_tenant_allowlist_per_issuer(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     issuers = dict(settings.issuers)
-    issuers[EHR_ISS] = IssuerTrustConfig(jwks_file=issuers[EHR_ISS].jwks_file,
-                                         tenants=("hospital-a",))
+    issuers[EHR_ISS] = IssuerTrustConfig(
+        jwks_file=issuers[EHR_ISS].jwks_file, tenants=("hospital-a",)
+    )
     app = create_app(Settings(service=settings.service, issuers=issuers))
     with TestClient(app) as c:
-        ok = c.post(PV, json=pv_request(), headers=bearer(epic_token(BASE + PV,
-                                                                      tenant="hospital-a")))
-        other = c.post(PV, json=pv_request(), headers=bearer(epic_token(BASE + PV,
-                                                                         tenant="hospital-b")))
+        ok = c.post(
+            PV, json=pv_request(), headers=bearer(epic_token(BASE + PV, tenant="hospital-a"))
+        )
+        other = c.post(
+            PV, json=pv_request(), headers=bearer(epic_token(BASE + PV, tenant="hospital-b"))
+        )
     assert (ok.status_code, other.status_code) == (200, 401)
 
 
@@ -461,8 +538,10 @@ def test_no_trusted_issuer_and_not_insecure_is_a_config_error(tmp_path: Path) ->
 def test_insecure_dev_is_announced_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         create_app(make_settings(tmp_path, insecure_dev=True))
-    assert any("INSECURE DEV MODE" in r.getMessage() and r.levelno >= logging.WARNING
-               for r in caplog.records)
+    assert any(
+        "INSECURE DEV MODE" in r.getMessage() and r.levelno >= logging.WARNING
+        for r in caplog.records
+    )
 
 
 def test_logs_hold_no_token_and_no_patient_data(
@@ -473,10 +552,20 @@ def test_logs_hold_no_token_and_no_patient_data(
     with caplog.at_level(logging.DEBUG):
         secured.post(PV, json=body, headers=bearer(token))
         secured.post(PV, json=body, headers=bearer(token))  # replay: logged as a 401
-        secured.post(PV + "/feedback", headers=bearer(epic_token(BASE + PV + "/feedback")),
-                     json={"feedback": [{"card": "c1", "outcome": "overridden",
-                                         "outcomeTimestamp": "2026-03-10T10:00:00Z",
-                                         "overrideReason": {"userComment": "Mrs Smith, 1970"}}]})
+        secured.post(
+            PV + "/feedback",
+            headers=bearer(epic_token(BASE + PV + "/feedback")),
+            json={
+                "feedback": [
+                    {
+                        "card": "c1",
+                        "outcome": "overridden",
+                        "outcomeTimestamp": "2026-03-10T10:00:00Z",
+                        "overrideReason": {"userComment": "Mrs Smith, 1970"},
+                    }
+                ]
+            },
+        )
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert token not in text and token.split(".")[2] not in text
     assert "Mrs Smith" not in text
@@ -492,13 +581,24 @@ def test_feedback_is_stored_for_audit(tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as c:
         card = c.post(PV, json=pv_request()).json()["cards"][0]
         items = [
-            {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-03-10T10:05:31Z",
-             "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}]},
+            {
+                "card": card["uuid"],
+                "outcome": "accepted",
+                "outcomeTimestamp": "2026-03-10T10:05:31Z",
+                "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+            },
             # The sandbox's dismiss: a reason without display.
-            {"card": card["uuid"], "outcome": "overridden",
-             "outcomeTimestamp": "2026-03-10T10:06:00Z",
-             "overrideReason": {"reason": {"code": "already-addressed",
-                                           "system": card["overrideReasons"][0]["system"]}}},
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-03-10T10:06:00Z",
+                "overrideReason": {
+                    "reason": {
+                        "code": "already-addressed",
+                        "system": card["overrideReasons"][0]["system"],
+                    }
+                },
+            },
         ]
         r = c.post(PV + "/feedback", json={"feedback": items})
         assert r.status_code == 200
@@ -521,11 +621,15 @@ def test_feedback_for_an_unknown_service_is_404(client: TestClient) -> None:
 
 
 def test_feedback_needs_the_feedback_url_as_audience(secured: TestClient) -> None:
-    items = {"feedback": [{"card": "c", "outcome": "overridden",
-                           "outcomeTimestamp": "2026-03-10T10:00:00Z"}]}
+    items = {
+        "feedback": [
+            {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-03-10T10:00:00Z"}
+        ]
+    }
     wrong = secured.post(PV + "/feedback", json=items, headers=bearer(epic_token(BASE + PV)))
-    right = secured.post(PV + "/feedback", json=items,
-                         headers=bearer(epic_token(BASE + PV + "/feedback")))
+    right = secured.post(
+        PV + "/feedback", json=items, headers=bearer(epic_token(BASE + PV + "/feedback"))
+    )
     assert (wrong.status_code, right.status_code) == (401, 200)
 
 
