@@ -61,7 +61,34 @@ __all__ = ["Accepted", "accept", "build_router", "check_endpoints"]
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_METHODS = ["POST", "PUT", "DELETE"]
+_METHODS = ("POST", "PUT", "DELETE")
+_OUTCOME_SCHEMA = {
+    "type": "object",
+    "required": ["resourceType", "issue"],
+    "properties": {"resourceType": {"const": "OperationOutcome"}, "issue": {"type": "array"}},
+}
+_ROUTE: dict[str, Any] = {
+    "status_code": 204,
+    "response_class": Response,
+    "responses": {
+        status: {
+            "description": text,
+            # fhir+json from us; json when the app's own handlers answer (unmatched paths).
+            "content": {
+                "application/fhir+json": {"schema": _OUTCOME_SCHEMA},
+                "application/json": {"schema": _OUTCOME_SCHEMA},
+            },
+        }
+        for status, text in (
+            (400, "Not a notification shape we know"),
+            (401, "Secret header or signature missing or wrong"),
+            (404, "No endpoint of this name is configured"),
+            (413, "Body larger than service.max_body_bytes"),
+            (500, "The endpoint is not configured with a secret"),
+            (503, "The notification could not be stored; the server should resend"),
+        )
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -222,10 +249,12 @@ def build_router(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.get_queue()
-        if settings.service.worker_enabled and settings.endpoints:
-            state.worker = WorkerThread(settings, **dict(worker_kwargs or {}))
-            state.worker.start()
+        # No endpoint configured: no queue file, no thread (the CDS service runs alone).
+        if settings.endpoints:
+            state.get_queue()
+            if settings.service.worker_enabled:
+                state.worker = WorkerThread(settings, **dict(worker_kwargs or {}))
+                state.worker.start()
         try:
             yield
         finally:
@@ -298,22 +327,27 @@ def build_router(
     async def notify_below(request: Request, name: str, rest: str) -> Response:
         return await notify(request, name, rest)
 
-    common: dict[str, Any] = {
-        "methods": _METHODS,
-        "status_code": 204,
-        "response_class": Response,
-        "include_in_schema": True,
-    }
-    router.add_api_route(
-        "/notify/{name}",
-        notify_root,
-        summary="Receive a FHIR Subscription notification (rest-hook)",
-        **common,
-    )
-    router.add_api_route(
-        "/notify/{name}/{rest:path}",
-        notify_below,
-        summary="Receive a rest-hook with payload (HAPI: PUT/DELETE {endpoint}/Type/id)",
-        **common,
-    )
+    # One route per path serves all three methods, so a 405 names them all in Allow. OpenAPI
+    # wants one operationId per method, which a multi-method route cannot give: the schema is
+    # described by per-method twins registered after it, which requests never reach.
+    for path, endpoint, suffix in (
+        ("/notify/{name}", notify_root, ""),
+        ("/notify/{name}/{rest:path}", notify_below, "_below"),
+    ):
+        router.add_api_route(
+            path, endpoint, methods=list(_METHODS), include_in_schema=False, **_ROUTE
+        )
+        for method in _METHODS:
+            router.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                operation_id=f"notify_{method.lower()}{suffix}",
+                summary=(
+                    f"Receive a FHIR Subscription notification ({method})"
+                    if not suffix
+                    else f"Receive a rest-hook with payload ({method} {{endpoint}}/Type/id)"
+                ),
+                **_ROUTE,
+            )
     return router

@@ -421,3 +421,16 @@ def test_logs_carry_neither_bodies_nor_secrets(
     assert "tok-7Qx" not in ours and "guess" not in ours
     assert "pt-58" not in ours and "obs-wbc-311" not in ours
     assert "r4-payload-put/resource to hapi: 1 new" in ours
+
+
+def test_the_service_app_serves_notifications_next_to_cds_hooks(settings: Settings) -> None:
+    from fhir_leuko.app import create_app
+
+    svc = dataclasses.replace(settings.service, insecure_dev=True)
+    app = create_app(dataclasses.replace(settings, service=svc))
+    with TestClient(app) as c:
+        assert c.post("/notify/hapi", headers=SECRET).status_code == 204
+        too_big = c.post("/notify/hapi", content=b"x" * 70_000, headers=SECRET)
+        assert too_big.status_code == 413
+        assert c.get("/cds-services").status_code == 200
+    assert [j["kind"] for j in jobs(settings)] == ["catch-up"]
