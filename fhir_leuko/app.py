@@ -33,6 +33,7 @@ from fhir_leuko.cdshooks import models
 from fhir_leuko.cdshooks import router as cdshooks_router
 from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, FhirServerError, InputError, LeukoError
+from fhir_leuko.subscriptions import router as subscriptions_router
 
 logger = logging.getLogger("fhir_leuko.app")
 
@@ -40,7 +41,10 @@ RouterBuilder = Callable[[Settings], Any]  # -> fastapi.APIRouter
 
 #: The routers this app serves, in order. Add e.g.
 #: ``fhir_leuko.subscriptions.router.build_router`` here to serve notifications too.
-ROUTER_BUILDERS: tuple[RouterBuilder, ...] = (cdshooks_router.build_router,)
+ROUTER_BUILDERS: tuple[RouterBuilder, ...] = (
+    cdshooks_router.build_router,
+    subscriptions_router.build_router,
+)
 
 #: FHIR issue-type code and default HTTP status per error type, most specific first.
 _DEFAULTS: tuple[tuple[type[LeukoError], int, str], ...] = (
