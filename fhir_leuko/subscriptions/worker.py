@@ -430,14 +430,15 @@ class Worker:
         try:
             result = self._run(job)
         except TemporaryFhirServerError as err:
-            return self._failed(job, str(err), retryable=True)
+            return self._failed(job, str(err), _summary(err), retryable=True)
         except (FatalFhirServerError, InputError, ConfigError) as err:
-            return self._failed(job, str(err), retryable=False)
+            return self._failed(job, str(err), _summary(err), retryable=False)
         except _Dropped as dropped:
             result = Outcome(job.id, job.kind, "done", note=str(dropped))
         except Exception as err:  # a bug: retry (bounded by max_attempts), say only the type
             logger.debug("job %d raised", job.id, exc_info=True)
-            return self._failed(job, f"unexpected {type(err).__name__}", retryable=True)
+            what = f"unexpected {type(err).__name__}"
+            return self._failed(job, what, what, retryable=True)
         if not self.queue.complete(job.id, attempt=job.attempts):
             logger.warning("job %d was taken over by another worker; not marked done", job.id)
         logger.info(
@@ -487,7 +488,10 @@ class Worker:
         if self._on_stage is not None:
             self._on_stage(stage, job)
 
-    def _failed(self, job: Job, error: str, *, retryable: bool) -> Outcome:
+    def _failed(self, job: Job, error: str, summary: str, *, retryable: bool) -> Outcome:
+        """Record the full reason in the queue (the dead-letter table holds patient keys
+        anyway); the log gets only ``summary``, because a server's OperationOutcome text may
+        quote ids ("Resource Patient/123 is not known")."""
         self.queue.fail(job.id, error, self._clock(), retryable=retryable, attempt=job.attempts)
         after = self.queue.get(job.id)
         state = after.state if after is not None else "dead"
@@ -499,7 +503,7 @@ class Worker:
             job.kind,
             job.attempts,
             outcome,
-            error,
+            summary,
         )
         return Outcome(job.id, job.kind, outcome, note=error)
 
@@ -685,6 +689,12 @@ class Worker:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _summary(err: Exception) -> str:
+    """What a log line may say about a failure: its type and HTTP status, no message."""
+    status = getattr(err, "status", None)
+    return type(err).__name__ + (f" (HTTP {status})" if status else "")
 
 
 def _is_ours(resource: Mapping[str, Any]) -> bool:

@@ -517,3 +517,20 @@ def test_logs_name_jobs_and_counts_never_patients(
 
     assert "job 1 (change) done" in caplog.text
     assert PATIENT_ID not in caplog.text and "Testpatient" not in caplog.text
+
+
+def test_a_failure_is_stored_in_full_but_logged_without_the_servers_text(
+    queue: Queue, worker: Worker, hapi: FakeHapi, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_known = fixture("hapi_r4_operationoutcome_404.json")
+    not_known["issue"][0]["diagnostics"] = f"HAPI-2001: Resource Patient/{PATIENT_ID} is not known"
+    hapi.patient.mock(return_value=fhir(not_known, 404))
+    caplog.set_level(logging.DEBUG, logger="fhir_leuko")
+    queue.enqueue_patient(PATIENT, "Observation/5793214")
+
+    [outcome] = worker.run_until_idle()
+
+    assert outcome.state == "dead"
+    assert f"Patient/{PATIENT_ID} is not known" in (queue.dead_letters()[0].last_error or "")
+    assert "FatalFhirServerError (HTTP 404)" in caplog.text
+    assert PATIENT_ID not in caplog.text
