@@ -434,3 +434,23 @@ def test_the_service_app_serves_notifications_next_to_cds_hooks(settings: Settin
         assert too_big.status_code == 413
         assert c.get("/cds-services").status_code == 200
     assert [j["kind"] for j in jobs(settings)] == ["catch-up"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ConfigError,
+    reason="config._coerce cannot set a setting whose default is None (header_value, "
+    "hmac_secret, token) from TOML; docs/subscriptions.md names the limitation",
+)
+def test_endpoint_secrets_load_from_the_toml_file(tmp_path: Path) -> None:
+    from fhir_leuko.config import load_settings
+
+    toml = tmp_path / "leuko.toml"
+    toml.write_text(
+        '[endpoints.hapi]\nfhir_base = "https://ehr.example.org/fhir"\n'
+        'header_value = "Bearer s3cret"\ntoken = "t"\n'
+    )
+
+    endpoint = load_settings(toml, env={}).endpoints["hapi"]
+
+    assert (endpoint.header_value, endpoint.token) == ("Bearer s3cret", "t")
