@@ -13,7 +13,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_leuko.cli import main
 from fhir_leuko.errors import ConfigError
-from fhir_leuko.fhirio import codes
+from fhir_leuko.fhirio import codes, queries
 from fhir_leuko.fhirio.client import FhirClient
 from fhir_leuko.subscriptions.subscribe import (
     BACKPORT,
@@ -245,3 +245,40 @@ def test_fetch_errors_map_to_exit_codes(hapi: FakeHapi, capsys: pytest.CaptureFi
     assert main(["fetch", "--fhir-base", BASE, "--patient", "x"]) == 3
     assert "404" in capsys.readouterr().err
     assert main(["fetch", "--fhir-base", BASE, "--patient", "../etc"]) == 2
+
+
+SANDBOX = "https://launch.smarthealthit.org/v/r4/fhir"
+
+
+def test_fetch_reads_a_smart_sandbox_patient(
+    router: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.unit.subscriptions.sub_fake_hapi import fixture
+
+    empty = fixture("smart_sandbox_r4_searchset_empty.json")
+    router.get(f"{SANDBOX}/Patient/smart-7777701").mock(
+        return_value=fhir(fixture("smart_sandbox_r4_patient_read.json"))
+    )
+    cbc = router.get(
+        f"{SANDBOX}/Observation",
+        params={"code": queries.any_code(codes.LOINC, codes.CBC_LOINC)},
+    ).mock(return_value=fhir(fixture("smart_sandbox_r4_observation_searchset.json")))
+    others = router.get(url__regex=rf"^{SANDBOX}/[A-Za-z]+\?").mock(return_value=fhir(empty))
+
+    code = main(
+        [
+            "fetch",
+            "--fhir-base",
+            SANDBOX,
+            "--patient",
+            "smart-7777701",
+            "--now",
+            "2025-10-15T12:00:00Z",
+        ]
+    )
+
+    bundle = orjson.loads(capsys.readouterr().out)
+    assert code == 0 and cbc.call_count == 1 and others.call_count == 5
+    ra = bundle["entry"][0]["resource"]
+    assert ra["resourceType"] == "RiskAssessment"
+    assert ra["subject"] == {"reference": "Patient/smart-7777701"}
