@@ -383,8 +383,8 @@ class Outcome:
     note: str = ""
 
 
-class _Dropped(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """The job is finished without doing anything (deleted resource, not ours to assess)."""
+class _Finished(Exception):
+    """The job ends early, successfully: nothing (more) to do here; the message says why."""
 
 
 class Worker:
@@ -433,8 +433,8 @@ class Worker:
             return self._failed(job, str(err), _summary(err), retryable=True)
         except (FatalFhirServerError, InputError, ConfigError) as err:
             return self._failed(job, str(err), _summary(err), retryable=False)
-        except _Dropped as dropped:
-            result = Outcome(job.id, job.kind, "done", note=str(dropped))
+        except _Finished as finished:
+            result = Outcome(job.id, job.kind, "done", note=str(finished))
         except Exception as err:  # a bug: retry (bounded by max_attempts), say only the type
             logger.debug("job %d raised", job.id, exc_info=True)
             what = f"unexpected {type(err).__name__}"
@@ -542,16 +542,16 @@ class Worker:
             else:
                 resource = self._read_focus(client, focus)
                 if not is_relevant(resource):
-                    raise _Dropped("not a result we assess")
+                    raise _Finished("not a result we assess")
                 patient = _subject(resource)
                 version = _version(resource)
                 if version and not job.dedupe_key.startswith("res:"):
                     # Known by event number or nothing until now: re-key by version, so the
                     # same result reached another way is not evaluated twice.
                     new = enqueue_change(self.queue, name, focus, version=version, patient=patient)
-                    raise _Dropped("queued by version" if new else "version seen before")
+                    raise _Finished("queued by version" if new else "version seen before")
         if patient is None or not patient.startswith("Patient/"):
-            raise _Dropped("no Patient subject")
+            raise _Finished("no Patient subject")
         self.queue.enqueue_patient(patient_key(name, patient), focus, now=self._clock())
         return Outcome(job.id, job.kind, "done", note="evaluation requested")
 
@@ -564,7 +564,7 @@ class Worker:
             return client.read(rtype, rid)
         except FatalFhirServerError as err:
             if err.status in (404, 410):
-                raise _Dropped("resource deleted or gone before we read it") from None
+                raise _Finished("resource deleted or gone before we read it") from None
             raise
 
     def _patient_of_deleted(self, client: FhirClient, focus: str) -> str | None:
@@ -576,12 +576,12 @@ class Worker:
             history = client.get_url(f"{parsed[0]}/_history")
         except FatalFhirServerError as err:
             if err.status in (404, 410, 400, 405, 501):
-                raise _Dropped("deleted result's history is unavailable") from None
+                raise _Finished("deleted result's history is unavailable") from None
             raise
         for resource in bundle_resources(history):
             if is_relevant(resource) and (patient := _subject(resource)):
                 return patient
-        raise _Dropped("deleted result's patient is unknown")
+        raise _Finished("deleted result's patient is unknown")
 
     # ------------------------------------------------------------------ catch-up
 
@@ -592,7 +592,7 @@ class Worker:
         through = p.get("through")
         state = self.queue.subscription_state(sub_key)
         if isinstance(through, int) and state is not None and state.last_contiguous >= through:
-            raise _Dropped("the missing events arrived after all")
+            raise _Finished("the missing events arrived after all")
 
         mark = parse_time(state.watermark) if state is not None and state.watermark else None
         since = (
