@@ -201,7 +201,7 @@ def _fetch(args: argparse.Namespace) -> int:
             else:
                 created = write_back(client, resources)
                 print(
-                    f"fhir-leuko: wrote back {len(resources)} resources: {created} created, "
+                    f"fhir-leuko: wrote back {len(resources)} resource(s): {created} created, "
                     f"{len(resources) - created} already there",
                     file=sys.stderr,
                 )
