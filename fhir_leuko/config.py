@@ -84,6 +84,10 @@ class ServiceSettings:
     public_discovery: bool = False
     # Where cards link for the rules and their sources (card.source.url).
     rules_url: str = "http://fhir-leuko.org/fhir/clinical-rules"
+    # Garbage collector: a hook call allocates thousands of short-lived, acyclic objects
+    # (the parsed prefetch), so Python's default gen-0 threshold of 700 runs collections
+    # over and over; 0 keeps Python's default (benchmarks/README.md "HTTP benchmark").
+    gc_gen0_threshold: int = 50_000
     write_back: bool = True
     worker_poll_s: float = 0.5
     # Notification worker (docs/subscriptions.md): run it inside `serve`, how long a job is

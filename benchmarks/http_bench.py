@@ -1,0 +1,351 @@
+"""HTTP benchmark: the CDS Hooks patient-view service against a no-op, on a real uvicorn.
+
+Starts ``uvicorn`` on 127.0.0.1 (a free port, ``--workers`` processes, default 2) serving the
+app from ``fhir_leuko.app.create_app`` plus one extra route, ``POST /bench/noop``, that reads
+the whole body and answers ``{"cards": []}`` without parsing it: the cost of HTTP and of
+receiving the same bytes, which the service cannot avoid. Then, in one run:
+
+1. latency, one request at a time (p50/p99), of the service and of the no-op, with a
+   1,200-Observation prefetch (5 years of monthly CBCs, ``benchmarks.generate``) and with a
+   typical 60-Observation prefetch (3 months);
+2. requests/s at concurrency 32 (keep-alive connections) for the same pairs.
+
+Targets (issue "CDS Hooks 2.0 service"): service p99 <= 2x the no-op p99; >= 1,000 hooks/s
+with the 60-Observation prefetch on 2 cores. Every prefetch key is supplied, so no FHIR
+server is called; the JWT check is off (``insecure_dev``) because a client signing a fresh
+token per request would measure the client. The load generator is a minimal keep-alive
+HTTP/1.1 client on asyncio streams, so that it takes little of the two cores it shares with
+the server. Traffic goes to loopback only, and every loop is bounded in count and time.
+
+Run: ``.venv/bin/python benchmarks/http_bench.py [--workers 2] [--duration 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import Request, Response
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.generate import make_patient, make_prefetch_bundle  # noqa: E402
+
+HOST = "127.0.0.1"
+SERVICE_PATH = "/cds-services/leukopenia-patient-view"
+NOOP_PATH = "/bench/noop"
+PARSE_PATH = "/bench/parse"  # a no-op that also parses the JSON: the floor of any JSON service
+ENDPOINTS = (("no-op", NOOP_PATH), ("parse-only", PARSE_PATH), ("service", SERVICE_PATH))
+OPTIONAL_KEYS = ("temperatures", "vitaminLevels", "medications", "conditions", "openOrders")
+
+
+def bench_app() -> Any:
+    """The app under test (uvicorn factory): the real service plus the no-op route."""
+    from fhir_leuko.app import create_app
+    from fhir_leuko.config import load_settings
+
+    # FHIR_LEUKO_* variables apply (e.g. FHIR_LEUKO_GC_GEN0_THRESHOLD=0 for Python's default).
+    settings = load_settings()
+    service = dataclasses.replace(
+        settings.service,
+        insecure_dev=True,
+        feedback_db=os.environ.get("BENCH_FEEDBACK_DB", "/tmp/fhir-leuko-bench.sqlite3"),
+    )
+    app = create_app(dataclasses.replace(settings, service=service))
+
+    async def noop(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"cards":[]}', media_type="application/json")
+
+    async def parse_only(request: Request) -> Response:
+        orjson.loads(await request.body())
+        return Response(b'{"cards":[]}', media_type="application/json")
+
+    app.add_api_route(NOOP_PATH, noop, methods=["POST"], include_in_schema=False)
+    app.add_api_route(PARSE_PATH, parse_only, methods=["POST"], include_in_schema=False)
+    return app
+
+
+def hook_body(n_observations: int) -> bytes:
+    """A patient-view call as an EHR sends it, every key prefetched, the latest WBC low."""
+    end = datetime.now(UTC) - timedelta(hours=6)
+    cbc = make_prefetch_bundle(n_observations, end=end)
+    cbc["entry"][0]["resource"]["valueQuantity"]["value"] = 2.6  # latest WBC: leukopenia
+    prefetch: dict[str, Any] = {"patient": make_patient(), "cbc": cbc}
+    empty = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+    prefetch.update({key: empty for key in OPTIONAL_KEYS})
+    return orjson.dumps(
+        {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "fhirServer": "https://fhir.example.org/r4",
+            "context": {"userId": "Practitioner/bench", "patientId": "bench-1"},
+            "prefetch": prefetch,
+        }
+    )
+
+
+def http_request(path: str, port: int, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bytes]:
+    """Send one request on a keep-alive connection; the status and the body."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A keep-alive connection without Nagle's algorithm (else 40 ms delayed-ACK stalls)."""
+    reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 22)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+@dataclass
+class Run:
+    latencies_ms: list[float]
+    errors: int
+    seconds: float
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_ms) / self.seconds
+
+    def pct(self, q: float) -> float:
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(round(q / 100 * (len(data) - 1))))]
+
+
+async def load(
+    port: int, request: bytes, *, concurrency: int, count: int | None, seconds: float | None
+) -> Run:
+    """``concurrency`` connections sending ``request`` until ``count`` or ``seconds`` runs out."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    stop_at = time.perf_counter() + (seconds if seconds is not None else 600.0)
+
+    async def worker() -> None:
+        nonlocal errors, sent
+        reader, writer = await connect(port)
+        try:
+            while time.perf_counter() < stop_at and (count is None or sent < count):
+                sent += 1
+                t0 = time.perf_counter()
+                status, _ = await exchange(reader, writer, request)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Run(latencies, errors, time.perf_counter() - started)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def serve_worker(port: int, stack: str) -> None:
+    """One server process on a shared SO_REUSEPORT socket (the kernel spreads connections).
+
+    Not ``uvicorn --workers``: its worker processes inherit a listening socket created with
+    protocol 0, so asyncio does not set TCP_NODELAY on accepted connections, and every
+    response then waits ~40 ms for a delayed ACK (measured: p50 44 ms for a no-op).
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((HOST, port))
+    loop, http = ("asyncio", "h11") if stack == "h11" else ("uvloop", "httptools")
+    config = uvicorn.Config(
+        bench_app, factory=True, log_level="warning", access_log=False, loop=loop, http=http
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def start_servers(port: int, workers: int, stack: str) -> list[subprocess.Popen[bytes]]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--serve-worker",
+        str(port),
+        "--stack",
+        stack,
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(workers)
+    ]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            stop_servers(procs)
+            err = b"".join(p.stderr.read() for p in procs if p.stderr).decode()
+            raise SystemExit(f"a server process exited: {err[-2000:]}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                time.sleep(1.0)  # let every process finish starting
+                return procs
+        except OSError:
+            time.sleep(0.1)
+    stop_servers(procs)
+    raise SystemExit("the server did not start within 30 s")
+
+
+def stop_servers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+async def check_answers(port: int, bodies: dict[int, bytes]) -> None:
+    """Fail loudly if the service does not answer with cards (we would time an error path)."""
+    reader, writer = await connect(port)
+    try:
+        for n, body in bodies.items():
+            status, answer = await exchange(reader, writer, http_request(SERVICE_PATH, port, body))
+            cards = orjson.loads(answer).get("cards") if status == 200 else None
+            if not cards:
+                raise SystemExit(f"{n} Observations: HTTP {status}, no cards: {answer[:300]!r}")
+            print(
+                f"check: {n:>5} Observations -> HTTP {status}, {len(cards)} card(s): "
+                f"{cards[0]['summary']}"
+            )
+    finally:
+        writer.close()
+
+
+async def main_async(args: argparse.Namespace, port: int) -> int:
+    bodies = {n: hook_body(n) for n in (1200, 60)}
+    await check_answers(port, bodies)
+    stack = "asyncio + h11" if args.stack == "h11" else "uvloop + httptools"
+    print(
+        f"\n{args.workers} uvicorn process(es) ({stack}) on one SO_REUSEPORT port, "
+        f"CPUs visible: {os.cpu_count()}"
+    )
+    print("\n1. latency, one request at a time")
+    print(f"{'prefetch':>10} {'body':>9} {'endpoint':>10} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    ratios: dict[int, tuple[float, float]] = {}
+    for n, body in bodies.items():
+        count = args.latency_count if n <= 100 else args.latency_count // 3
+        p99 = {}
+        for name, path in ENDPOINTS:
+            request = http_request(path, port, body)
+            await load(port, request, concurrency=1, count=20, seconds=None)  # warm-up
+            run = await load(port, request, concurrency=1, count=count, seconds=60)
+            assert run.errors == 0, f"{name}: {run.errors} errors"
+            p99[name] = run.pct(99)
+            print(
+                f"{n:>10} {len(body) / 1024:>7.0f}KB {name:>10} {len(run.latencies_ms):>5} "
+                f"{run.pct(50):>8.2f} {run.pct(99):>8.2f}"
+            )
+        ratios[n] = (p99["service"] / p99["no-op"], p99["service"] / p99["parse-only"])
+    for n, (ratio, over_parse) in ratios.items():
+        verdict = "meets" if ratio <= 2 else "MISSES"
+        print(
+            f"   {n:>5} Observations: service p99 = {ratio:.2f} x no-op p99 "
+            f"({verdict} the <= 2x target); {over_parse:.2f} x parse-only p99"
+        )
+
+    print(f"\n2. throughput, concurrency {args.concurrency}, {args.duration:g} s each")
+    print(
+        f"{'prefetch':>10} {'endpoint':>10} {'requests':>9} {'req/s':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>6}"
+    )
+    hooks_60 = 0.0
+    for n, body in bodies.items():
+        for name, path in ENDPOINTS:
+            request = http_request(path, port, body)
+            await load(port, request, concurrency=args.concurrency, count=200, seconds=5)
+            run = await load(
+                port, request, concurrency=args.concurrency, count=None, seconds=args.duration
+            )
+            if name == "service" and n == 60:
+                hooks_60 = run.rps
+            print(
+                f"{n:>10} {name:>10} {len(run.latencies_ms):>9} {run.rps:>8.0f} "
+                f"{run.pct(50):>8.2f} {run.pct(99):>8.2f} {run.errors:>6}"
+            )
+    verdict = "meets" if hooks_60 >= 1000 else "MISSES"
+    print(f"   60 Observations: {hooks_60:.0f} hooks/s ({verdict} the >= 1,000/s target)")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
+    ap.add_argument(
+        "--latency-count",
+        type=int,
+        default=600,
+        help="sequential requests per latency run (a third of it for 1,200)",
+    )
+    ap.add_argument(
+        "--stack",
+        choices=("h11", "httptools"),
+        default="h11",
+        help="uvicorn's pure-Python stack (asyncio + h11, what the project's "
+        "dependencies install) or uvloop + httptools (uvicorn[standard])",
+    )
+    ap.add_argument("--serve-worker", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_worker:
+        serve_worker(args.serve_worker, args.stack)
+        return 0
+    if args.stack == "httptools":
+        try:
+            import httptools  # noqa: F401
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise SystemExit("--stack httptools needs: pip install 'uvicorn[standard]'") from None
+    port = free_port()
+    servers = start_servers(port, args.workers, args.stack)
+    try:
+        return asyncio.run(main_async(args, port))
+    finally:
+        stop_servers(servers)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
