@@ -126,7 +126,9 @@ def risk_assessment(a: Assessment) -> JSON:
         "subject": subject_of(a),
         "occurrenceDateTime": instant(a.now),
         "basis": [{"reference": r} for r in a.basis if "#" not in r] or None,
-        "reasonCode": [finding_concept(f) for f in a.findings],
+        # A normal (negligible) assessment is written only to supersede an abnormal one (the
+        # Subscription worker); the profile still wants a reason and a mitigation.
+        "reasonCode": [finding_concept(f) for f in a.findings] or [{"text": a.headline}],
         "prediction": [
             {
                 "outcome": {"text": "Serious infection or an untreated marrow disorder"},
@@ -142,7 +144,7 @@ def risk_assessment(a: Assessment) -> JSON:
                 "rationale": rationale(a),
             }
         ],
-        "mitigation": " ".join(a.mitigation),
+        "mitigation": " ".join(a.mitigation) or "None needed.",
         "note": notes or None,
     }
     return _prune(ra)
@@ -239,7 +241,7 @@ def bundle(a: Assessment) -> JSON:
 
 def _prune(obj: JSON) -> JSON:
     """Drop None values: FHIR JSON never carries null or empty elements."""
-    return {k: v for k, v in obj.items() if v is not None and v != [] and v != {}}
+    return {k: v for k, v in obj.items() if v is not None and v not in ("", [], {})}
 
 
 def validate(resource: JSON) -> None:

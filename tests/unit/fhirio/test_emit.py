@@ -118,3 +118,11 @@ def test_data_issues_travel_in_an_operation_outcome() -> None:
 def test_preliminary_data_gives_a_preliminary_risk_assessment() -> None:
     out = evaluate_to_bundle(bundle(patient(), cbc(3.6, 2.0, status="preliminary")), now=NOW)
     assert out["entry"][0]["resource"]["status"] == "preliminary"
+
+
+def test_a_normal_risk_assessment_is_valid_when_one_is_needed() -> None:
+    # The Subscription worker writes one to supersede an earlier abnormal assessment.
+    ra = emit.risk_assessment(evaluate(bundle(patient(), cbc(6.5, 3.8)), now=NOW))
+    emit.validate(ra)
+    assert ra["prediction"][0]["qualitativeRisk"]["coding"][0]["code"] == "negligible"
+    assert ra["reasonCode"] and ra["mitigation"]
