@@ -269,6 +269,9 @@ def create_app(
             allow_origins=list(svc.cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
+            # Chrome's Private Network Access: the public sandbox calling a service on
+            # localhost or an intranet needs this answer too (for the listed origins only).
+            allow_private_network=True,
             max_age=600,
         )
 

@@ -24,7 +24,7 @@ from fhir_leuko.cdshooks.feedback import FeedbackStore
 from fhir_leuko.config import IssuerTrustConfig, ServiceSettings, Settings
 from fhir_leuko.errors import ConfigError
 from fhir_leuko.fhirio import codes
-from tests.builders import at, bundle, cbc, patient
+from tests.builders import NOW, at, bundle, cbc, patient
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "cds"
 BASE = "https://cds.example.org"
@@ -242,6 +242,19 @@ def test_spec_example_server_not_allowlisted_is_412_without_any_call(client: Tes
     assert not anything.calls
 
 
+def test_quick_start_example_is_febrile_neutropenia(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's first call. Its dates are the day before this clock.
+    monkeypatch.setattr("fhir_leuko.cdshooks.router.utc_now", lambda: NOW)
+    r = client.post(PV, json=fixture("patient-view-febrile-neutropenia.json"))
+    body = r.json()
+    assert_conformant(body)
+    [card] = body["cards"]
+    assert card["indicator"] == "critical"
+    assert card["summary"].startswith("Febrile neutropenia")
+
+
 def test_spec_order_select_example_without_risky_drug_needs_no_data(client: TestClient) -> None:
     # Amoxicillin and a pureed diet: nothing to check, so no prefetch and no fetch are needed.
     r = client.post(OS, json=fixture("spec-order-select-r4.json"))
@@ -422,6 +435,18 @@ def test_preflight_from_a_configured_origin_needs_no_jwt(secured: TestClient) ->
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == SANDBOX
     assert "authorization" in r.headers["access-control-allow-headers"].lower()
+
+
+def test_preflight_to_a_local_service_answers_private_network_access(secured: TestClient) -> None:
+    # Chrome asks before a public page (the sandbox) may call localhost or an intranet host.
+    headers = {
+        "Origin": SANDBOX,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Private-Network": "true",
+    }
+    r = secured.options(PV, headers=headers)
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-private-network"] == "true"
 
 
 def test_preflight_from_another_origin_is_not_allowed(secured: TestClient) -> None:
