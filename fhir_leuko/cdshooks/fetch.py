@@ -136,6 +136,16 @@ def _classify(query: PrefetchQuery, prefetch: dict[str, Any] | None) -> JSON | N
     return _Missing(f"is a {str(kind)[:40]!r}, not a {query.returns}")
 
 
+def _check_patient(key: str, value: JSON, patient_id: str) -> None:
+    """The prefetched Patient must be the patient in context (the template names it).
+
+    Otherwise another person's age and sex would set the lower limits, silently.
+    """
+    patients = [r for r in _resources(value) if r.get("resourceType") == "Patient"]
+    if any(p.get("id") != patient_id for p in patients):
+        raise InputError(f"prefetch.{key} is not the Patient of context.patientId")
+
+
 def _resources(value: JSON) -> list[JSON]:
     if value.get("resourceType") == "Bundle":
         return bundle_resources(value)
@@ -182,6 +192,8 @@ async def gather(
             reasons[query.key] = value.why
             jobs[query.key] = _fetch_job(query, patient_id, now, policy)
             continue
+        if query.returns == "Patient":
+            _check_patient(query.key, value, patient_id)
         out.resources.extend(within_window(_resources(value), query.query, now))
         next_url = _next_link(value) if value.get("resourceType") == "Bundle" else None
         if next_url is not None:

@@ -412,6 +412,13 @@ def test_token_bound_to_another_patient_is_refused(client: TestClient) -> None:
     assert r.status_code == 400
 
 
+def test_prefetched_patient_must_be_the_context_patient(client: TestClient) -> None:
+    # Else a child's limits (or another sex's haemoglobin limit) would apply silently.
+    r = client.post(PV, json=pv_request(patient=patient(birth="2020-01-01", pid="someone-else")))
+    assert r.status_code == 400
+    assert "prefetch.patient is not the Patient of context.patientId" in r.text
+
+
 def test_prefetch_of_another_patient_is_refused(client: TestClient) -> None:
     other = bundle(
         [dict(o, subject={"reference": "Patient/p2"}) for o in cbc(1.0, 0.3)], type_="searchset"
