@@ -383,6 +383,20 @@ def test_bodies_over_the_limit_are_413_before_parsing(tmp_path: Path) -> None:
         assert r.json()["issue"][0]["code"] == "too-long"
 
 
+def test_chunked_bodies_over_the_limit_are_413(tmp_path: Path) -> None:
+    # No Content-Length to check up front: the guard counts the bytes as they arrive.
+    settings = make_settings(tmp_path, insecure_dev=True, max_body_bytes=1000)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"hook": "patient-view", "pad": "'
+        yield b"x" * 2000
+        yield b'"}'
+
+    with TestClient(create_app(settings)) as c:
+        r = c.post(PV, content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
 def test_order_select_selection_must_be_in_draft_orders(client: TestClient) -> None:
     request = fixture("sandbox-order-select-methotrexate.json")
     request["context"]["selections"] = ["MedicationRequest/other"]
@@ -425,6 +439,22 @@ def test_prefetch_of_another_patient_is_refused(client: TestClient) -> None:
     )
     r = client.post(PV, json=pv_request(cbc=other))
     assert r.status_code == 400
+
+
+def test_an_unexpected_error_is_a_bare_500_and_its_message_is_not_logged(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Mrs Smith, born 1970-05-01")
+
+    monkeypatch.setattr("fhir_leuko.cdshooks.router.patient_view_response", broken)
+    with caplog.at_level(logging.DEBUG):
+        r = client.post(PV, json=pv_request())
+    assert r.status_code == 500
+    assert r.json()["issue"][0]["diagnostics"] == "The service could not answer this request"
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "RuntimeError" in logged and "router.py" in logged
+    assert "Mrs Smith" not in logged and "Mrs Smith" not in r.text
 
 
 # --- CORS and health ----------------------------------------------------------------------------
