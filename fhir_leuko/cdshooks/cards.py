@@ -16,7 +16,6 @@ issues): no rule is evaluated here. Three things matter beyond the spec's shapes
 
 from __future__ import annotations
 
-import html
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -99,8 +98,12 @@ class SelectedDrug:
 
 # --- Markdown ------------------------------------------------------------------------------------
 
-_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+!|~>@])")
-_SCHEME = re.compile(r"(?i)\b(https?|ftp|mailto|javascript|data)(:)")
+#: One pass of str.translate (C speed: a card renders ~20 of these per call).
+_MD_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", **{c: "\\" + c for c in "\\`*_{}[]()#+!|~@"}}
+)
+_SCHEME = re.compile(r"(?i)\b(https?|ftp|mailto|javascript|data):")
+_WWW = re.compile(r"(?i)\bwww\.")
 
 
 def md(text: object) -> str:
@@ -110,11 +113,12 @@ def md(text: object) -> str:
     and ``www.`` so nothing turns into a link; newlines become spaces so input cannot start
     a block of its own.
     """
-    s = " ".join(str(text).split())
-    s = html.escape(s, quote=False)
-    s = _MD_PUNCT.sub(r"\\\1", s)
-    s = _SCHEME.sub(r"\1\\\2", s)
-    return re.sub(r"(?i)\bwww\.", r"www\\.", s)
+    s = " ".join(str(text).split()).translate(_MD_ESCAPES)
+    if ":" in s:
+        s = _SCHEME.sub(lambda m: m.group(1) + "\\:", s)
+    if "." in s:
+        s = _WWW.sub(lambda m: m.group(0)[:-1] + "\\.", s)
+    return s
 
 
 def _summary(text: str) -> str:
