@@ -8,6 +8,7 @@ reported as a :class:`DataIssue` naming the resource, never guessed, never a cra
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -198,6 +199,7 @@ def _with_draw(r: Result, draw_id: str) -> Result:
     return Result(r.analyte, r.value, r.time, r.ref, r.status, r.ref_low, draw_id)
 
 
+@functools.lru_cache(maxsize=4096)
 def _rel(reference: str) -> str:
     """'https://x/fhir/Observation/1/_history/2' -> 'Observation/1'."""
     parts = [p for p in reference.split("/") if p]
@@ -458,6 +460,13 @@ class _Reader:
         return None
 
     def _duffy_observation(self, obs: JSON, code: JSON) -> bool:
+        raw = code.get("text")
+        if not (isinstance(raw, str) and ("uffy" in raw or "UFFY" in raw)) and not any(
+            isinstance(c, dict)
+            and ("uffy" in str(c.get("display", "")) or "UFFY" in str(c.get("display", "")))
+            for c in code.get("coding") or ()
+        ):
+            return False
         text = " ".join(_texts(code)).lower()
         if "duffy" not in text or obs.get("status") not in USED_STATUSES:
             return False

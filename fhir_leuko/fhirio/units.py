@@ -8,6 +8,7 @@ yet both are common lab spellings of 10^9/L. Unknown units are reported, never g
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 from fhir_leuko.clinical.model import ANALYTE_LABEL, Analyte
@@ -116,6 +117,7 @@ class UnitProblem(ValueError):
         self.code = code
 
 
+@functools.lru_cache(maxsize=1024)
 def converter_for(analyte: Analyte, ucum_code: str | None, unit: str | None) -> Converter:
     """Pick the conversion for a quantity: prefer the UCUM ``code``, fall back to ``unit``.
 
