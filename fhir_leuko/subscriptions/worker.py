@@ -664,7 +664,7 @@ class Worker:
         )
         resources = emit.resources(assessment)
         if not resources and self._supersedes_abnormal(client, patient_id):
-            resources = [_normal_risk_assessment(emit.risk_assessment(assessment))]
+            resources = [emit.risk_assessment(assessment)]
         if not resources:
             return Outcome(job.id, job.kind, "done", note="nothing to write")
         if not self.settings.service.write_back:
@@ -712,12 +712,6 @@ def _risk_code(resource: Mapping[str, Any]) -> str | None:
                 code = coding.get("code")
                 return code if isinstance(code, str) else None
     return None
-
-
-def _normal_risk_assessment(ra: JSON) -> JSON:
-    """emit's RiskAssessment for a normal result, without the elements that are empty then
-    (FHIR strings must not be empty)."""
-    return {k: v for k, v in ra.items() if v not in ("", None, [], {})}
 
 
 # --------------------------------------------------------------------------- thread
