@@ -7,6 +7,9 @@ non-default value came from, with secrets redacted, so a site can audit what run
 Environment variables:
 - ``FHIR_LEUKO_CONFIG``: path of the TOML file.
 - ``FHIR_LEUKO_T_<NAME>``: one threshold, e.g. ``FHIR_LEUKO_T_WBC_LLN_ADULT=4.5``.
+- ``FHIR_LEUKO_ENDPOINT__<NAME>__<KEY>``: one setting of the notification endpoint
+  ``/notify/<name>``, e.g. ``FHIR_LEUKO_ENDPOINT__HAPI__HEADER_VALUE='Bearer s3cret'`` (secrets
+  belong here rather than in a file).
 - ``FHIR_LEUKO_<KEY>`` for the keys of the ``[service]`` table, upper-cased, e.g.
   ``FHIR_LEUKO_PUBLIC_BASE_URL``, ``FHIR_LEUKO_INSECURE_DEV=1``,
   ``FHIR_LEUKO_FHIR_SERVER_ALLOWLIST=https://a/fhir,https://b/fhir`` (lists are comma-separated).
@@ -27,6 +30,7 @@ from fhir_leuko.errors import ConfigError
 
 ENV_PREFIX = "FHIR_LEUKO_"
 THRESHOLD_ENV_PREFIX = "FHIR_LEUKO_T_"
+ENDPOINT_ENV_PREFIX = "FHIR_LEUKO_ENDPOINT__"
 
 
 @dataclass(frozen=True)
@@ -157,12 +161,13 @@ def _coerce(name: str, default: Any, raw: Any, where: str) -> Any:
             if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
                 return tuple(raw)
             raise ValueError(raw)
-        if isinstance(default, str):
+        if isinstance(default, str) or default is None:
+            # A None default is an optional string (a secret, a token): unset unless given.
             if not isinstance(raw, str):
                 raise ValueError(raw)
             return raw
     except (TypeError, ValueError):
-        kind = type(default).__name__
+        kind = "str" if default is None else type(default).__name__
         raise ConfigError(f"{where}: '{name}' must be a {kind}, got {raw!r}") from None
     raise ConfigError(f"{where}: '{name}' has an unsupported type")
 
@@ -235,6 +240,26 @@ def load_settings(
             f"endpoints.{name}",
             origins,
         )
+    # FHIR_LEUKO_ENDPOINT__<NAME>__<KEY>: secrets belong in the environment, not in files.
+    e_env: dict[str, dict[str, str]] = {}
+    for k, v in env.items():
+        if k.startswith(ENDPOINT_ENV_PREFIX):
+            name, sep, key = k[len(ENDPOINT_ENV_PREFIX) :].partition("__")
+            if not sep or not name or not key:
+                raise ConfigError(f"environment: {k} must be {ENDPOINT_ENV_PREFIX}<NAME>__<KEY>")
+            e_env.setdefault(name.lower(), {})[key.lower()] = v
+    for name, raw_env in e_env.items():
+        base = endpoints.get(name)
+        if base is None:
+            if "fhir_base" not in raw_env:
+                raise ConfigError(
+                    f"environment: endpoint '{name}' needs {ENDPOINT_ENV_PREFIX}"
+                    f"{name.upper()}__FHIR_BASE"
+                )
+            base = SubscriptionEndpoint(fhir_base=raw_env["fhir_base"])
+            origins[f"endpoints.{name}.fhir_base"] = "environment"
+        rest = {k: v for k, v in raw_env.items() if k != "fhir_base" or name in endpoints}
+        endpoints[name] = _apply(base, rest, "environment", f"endpoints.{name}", origins)
     _check(thresholds)
     return Settings(thresholds, service, issuers, endpoints, origins)
 

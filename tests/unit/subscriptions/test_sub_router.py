@@ -436,12 +436,6 @@ def test_the_service_app_serves_notifications_next_to_cds_hooks(settings: Settin
     assert [j["kind"] for j in jobs(settings)] == ["catch-up"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="config._coerce cannot set a setting whose default is None (header_value, "
-    "hmac_secret, token) from TOML; docs/subscriptions.md names the limitation",
-)
 def test_endpoint_secrets_load_from_the_toml_file(tmp_path: Path) -> None:
     from fhir_leuko.config import load_settings
 
@@ -454,3 +448,29 @@ def test_endpoint_secrets_load_from_the_toml_file(tmp_path: Path) -> None:
     endpoint = load_settings(toml, env={}).endpoints["hapi"]
 
     assert (endpoint.header_value, endpoint.token) == ("Bearer s3cret", "t")
+
+
+def test_endpoint_settings_and_secrets_come_from_the_environment(tmp_path: Path) -> None:
+    from fhir_leuko.config import load_settings
+
+    toml = tmp_path / "leuko.toml"
+    toml.write_text('[endpoints.hapi]\nfhir_base = "https://ehr.example.org/fhir"\n')
+    env = {
+        "FHIR_LEUKO_ENDPOINT__HAPI__HEADER_VALUE": "Bearer from-env",
+        "FHIR_LEUKO_ENDPOINT__MEDPLUM__FHIR_BASE": "https://medplum.example.org/fhir/R4",
+        "FHIR_LEUKO_ENDPOINT__MEDPLUM__HMAC_SECRET": "k",
+    }
+
+    settings = load_settings(toml, env=env)
+
+    assert settings.endpoints["hapi"].header_value == "Bearer from-env"
+    assert settings.endpoints["medplum"].hmac_secret == "k"
+    assert settings.origins["endpoints.hapi.header_value"] == "environment"
+    assert settings.audit()["endpoints"]["hapi"]["header_value"] == "***"
+
+
+def test_an_endpoint_from_the_environment_needs_its_fhir_base() -> None:
+    from fhir_leuko.config import load_settings
+
+    with pytest.raises(ConfigError, match="FHIR_LEUKO_ENDPOINT__X__FHIR_BASE"):
+        load_settings(env={"FHIR_LEUKO_ENDPOINT__X__TOKEN": "t"})
