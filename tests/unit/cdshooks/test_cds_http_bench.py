@@ -1,0 +1,30 @@
+"""The HTTP benchmark's inputs and comparison routes still work, so its figures stay meaningful."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from cds_conformance import assert_conformant
+from fastapi.testclient import TestClient
+
+from benchmarks.http_bench import NOOP_PATH, PARSE_PATH, SERVICE_PATH, bench_app, hook_body
+
+
+@pytest.mark.parametrize("n", [60, 1200])
+def test_benchmark_request_gets_cards_and_the_no_ops_answer(
+    n: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_FEEDBACK_DB", str(tmp_path / "fb.sqlite3"))
+    body = hook_body(n)
+    headers = {"Content-Type": "application/json"}
+    with TestClient(bench_app()) as client:
+        answer = client.post(SERVICE_PATH, content=body, headers=headers)
+        assert answer.status_code == 200
+        cards = answer.json()
+        assert_conformant(cards)
+        assert cards["cards"], "the benchmark would time a call that finds nothing"
+        for path in (NOOP_PATH, PARSE_PATH):
+            r = client.post(path, content=body, headers=headers)
+            assert (r.status_code, orjson.loads(r.content)) == (200, {"cards": []})
