@@ -215,7 +215,7 @@ def _tune_gc(gen0_threshold: int) -> None:
 def create_app(
     settings: Settings, *, routers: Sequence[RouterBuilder] = ROUTER_BUILDERS
 ) -> FastAPI:
-    """The ASGI app for ``settings``. Raises ConfigError when no CDS client is trusted."""
+    """The ASGI app for ``settings``."""
     svc = settings.service
     if svc.insecure_dev:
         logger.warning(
@@ -287,3 +287,11 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """App factory for multi-process serving: each process loads the same settings from the
+    environment (``FHIR_LEUKO_CONFIG`` and ``FHIR_LEUKO_*``)."""
+    from fhir_leuko.config import load_settings
+
+    return create_app(load_settings())

@@ -66,8 +66,12 @@ class UnsupportedMediaType(InputError):
 # --- Configuration -------------------------------------------------------------------------------
 
 
-def jwt_policy(settings: Settings) -> JwtPolicy:
-    """The verifier's policy from the ``[issuers]`` configuration (JWKS files read here)."""
+def jwt_policy(settings: Settings) -> JwtPolicy | None:
+    """The verifier's policy from the ``[issuers]`` configuration (JWKS files read here).
+
+    ``None`` when no CDS client is trusted: the service still starts (``make serve`` on a new
+    machine), but refuses every authenticated call. It never fails open.
+    """
     svc = settings.service
     issuers: dict[str, IssuerTrust] = {}
     for iss, cfg in settings.issuers.items():
@@ -82,10 +86,7 @@ def jwt_policy(settings: Settings) -> JwtPolicy:
                 ) from None
         issuers[iss] = IssuerTrust(jku_allowlist=cfg.jku_allowlist, jwks=jwks)
     if not issuers:
-        raise ConfigError(
-            "no trusted CDS client: configure [issuers] (iss, jku_allowlist or jwks_file), "
-            "or run with --insecure-dev for local use only"
-        )
+        return None
     return JwtPolicy(
         issuers=issuers,
         max_lifetime_s=svc.jwt_max_lifetime_s,
@@ -98,7 +99,7 @@ class _State:
     """What the endpoints share for the life of the app."""
 
     settings: Settings
-    verifier: JwtVerifier | None  # None only in insecure_dev
+    verifier: JwtVerifier | None  # None in insecure_dev, or when no client is trusted
     tenants: Mapping[str, frozenset[str]]
     store: FeedbackStore | None
     http: httpx.AsyncClient | None
@@ -109,7 +110,9 @@ class _State:
     async def authenticate(self, request: Request, path: str) -> Claims | None:
         """Verify the client's JWT for the endpoint at ``path`` (its public URL is ``aud``)."""
         if self.verifier is None:
-            return None
+            if self.settings.service.insecure_dev:
+                return None
+            raise AuthError("no trusted CDS client is configured")
         claims = await self.verifier.verify(request.headers.get("authorization"), self.base + path)
         allowed = self.tenants.get(claims.iss)
         if allowed and claims.tenant not in allowed:
@@ -255,7 +258,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def build_router(settings: Settings) -> APIRouter:
     """The CDS Hooks endpoints for ``settings``; resources opened here close with the app."""
     svc = settings.service
-    verifier = None if svc.insecure_dev else JwtVerifier(jwt_policy(settings))
+    policy = None if svc.insecure_dev else jwt_policy(settings)
+    verifier = None if policy is None else JwtVerifier(policy)
+    if policy is None and not svc.insecure_dev:
+        logger.warning(
+            "No trusted CDS client is configured: every CDS Hooks call will be refused (401). "
+            "Configure [issuers] (iss with jku_allowlist or jwks_file), or set "
+            "FHIR_LEUKO_INSECURE_DEV=1 for local use only."
+        )
     state = _State(
         settings=settings,
         verifier=verifier,

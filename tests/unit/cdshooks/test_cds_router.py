@@ -22,7 +22,6 @@ from fhir_leuko.app import create_app
 from fhir_leuko.cdshooks import services
 from fhir_leuko.cdshooks.feedback import FeedbackStore
 from fhir_leuko.config import IssuerTrustConfig, ServiceSettings, Settings
-from fhir_leuko.errors import ConfigError
 from fhir_leuko.fhirio import codes
 from tests.builders import NOW, at, bundle, cbc, patient
 
@@ -592,9 +591,10 @@ def test_tenant_allowlist_per_issuer(tmp_path: Path) -> None:
     assert (ok.status_code, other.status_code) == (200, 401)
 
 
-def test_no_trusted_issuer_and_not_insecure_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="insecure-dev"):
+def test_no_trusted_issuer_is_announced_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
         create_app(Settings(service=ServiceSettings(public_base_url=BASE)))
+    assert any("every CDS Hooks call will be refused" in r.getMessage() for r in caplog.records)
 
 
 def test_insecure_dev_is_announced_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -701,3 +701,22 @@ def test_respx_is_not_needed_for_prefetch_only_calls(client: TestClient) -> None
         assert client.post(PV, json=pv_request()).status_code == 200
     assert not net.calls
     assert isinstance(httpx.Response(200), httpx.Response)
+
+
+def test_with_no_trusted_client_the_service_starts_and_refuses_every_hook_call() -> None:
+    # `make serve` on a new machine: it must start, and it must never fail open.
+    from fhir_leuko.config import Settings as _Settings
+
+    app = create_app(_Settings())
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.post(
+            "/cds-services/leukopenia-patient-view",
+            json={
+                "hook": "patient-view",
+                "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+                "context": {"userId": "Practitioner/1", "patientId": "1"},
+            },
+        )
+        assert r.status_code == 401
+        assert c.get("/cds-services").status_code == 401
