@@ -35,5 +35,9 @@ typecheck: $(DEPS)
 bench: $(DEPS)
 	$(BIN)/python benchmarks/bench_core.py
 
+## bench-http: CDS Hooks latency and throughput against uvicorn on loopback
+bench-http: $(DEPS)
+	$(BIN)/python benchmarks/http_bench.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

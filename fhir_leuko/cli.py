@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the HTTP service (CDS Hooks and notifications)")
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
+    sv.add_argument("--workers", type=int, help="server processes (default 1)")
     sv.add_argument("--config", help="TOML configuration file")
     sv.add_argument(
         "--insecure-dev",
@@ -159,14 +160,26 @@ def _serve(args: argparse.Namespace) -> int:
 
         svc = dataclasses.replace(svc, insecure_dev=True)
         settings = dataclasses.replace(settings, service=svc)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=args.host or svc.host,
-        port=args.port or svc.port,
-        log_level="info",
-        access_log=False,
-    )
+    workers = args.workers or svc.workers
+    host, port = args.host or svc.host, args.port or svc.port
+    if workers > 1:
+        # Each process builds its own app from the environment: pass what the flags said.
+        if args.config:
+            os.environ["FHIR_LEUKO_CONFIG"] = str(Path(args.config).resolve())
+        if args.insecure_dev:
+            os.environ["FHIR_LEUKO_INSECURE_DEV"] = "1"
+        create_app(settings)  # fail here, once, on a bad configuration
+        uvicorn.run(
+            "fhir_leuko.app:create_app_from_environment",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+        )
+        return 0
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
     return 0
 
 

@@ -71,6 +71,9 @@ class SubscriptionEndpoint:
 class ServiceSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Server processes. One uses one core; give each core one (with uvloop, from
+    # uvicorn[standard]) to reach the throughput benchmarks/README.md reports.
+    workers: int = 1
     # The public URL of this service, as EHRs call it: JWT `aud` is compared with it, never
     # with the request URL (which differs behind a proxy).
     public_base_url: str = "http://127.0.0.1:8080"
