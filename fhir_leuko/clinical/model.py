@@ -315,6 +315,9 @@ class Assessment:
     preliminary: bool
     basis: tuple[str, ...]  # references of the results used
     draws: tuple[Draw, ...] = ()
+    # The grade the decision used: ``grade``, or when the ANC is unknown the grade a low WBC
+    # proves (ANC <= WBC of the same draw).
+    decision_grade: NeutropeniaGrade = NeutropeniaGrade.UNKNOWN
 
     @property
     def actionable(self) -> bool:

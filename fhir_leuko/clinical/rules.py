@@ -671,6 +671,7 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
         preliminary=preliminary,
         basis=tuple(basis),
         draws=tuple(draws),
+        decision_grade=decision_grade,
     )
 
 
@@ -964,15 +965,19 @@ def _headline(
 def _normal(
     c: _Ctx, draws: Sequence[Draw], index: Draw | None, anc_lln: float, wbc_lln: float | None
 ) -> Assessment:
+    grade = (
+        NeutropeniaGrade.NONE
+        if index is not None and index.anc is not None
+        else NeutropeniaGrade.UNKNOWN
+    )
     return Assessment(
         patient_id=c.labs.patient_id,
         now=c.now,
         risk=Risk.NEGLIGIBLE,
         row=12,
         headline="No leukopenia or neutropenia",
-        grade=NeutropeniaGrade.NONE
-        if index is not None and index.anc is not None
-        else NeutropeniaGrade.UNKNOWN,
+        grade=grade,
+        decision_grade=grade,
         index_draw=index,
         wbc=index.value(Analyte.WBC) if index else None,
         wbc_lln=wbc_lln,

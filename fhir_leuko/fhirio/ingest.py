@@ -164,9 +164,18 @@ def ingest_resources(
         raise InputError(
             f"Observations belong to Patient/{other}, not to the requested Patient/{pid}"
         )
-    patient = next(
-        (p for p in patients if p.get("id") == pid), patients[0] if len(patients) == 1 else None
-    )
+    patient = next((p for p in patients if p.get("id") == pid), None)
+    if patient is None and len(patients) == 1:
+        other_id = patients[0].get("id")
+        if other_id is None:
+            patient = patients[0]
+        else:
+            # Another person's age and sex must never set this patient's limits.
+            reader.issue(
+                "other-patient",
+                f"Patient/{other_id} is not the evaluated Patient/{pid}: its birthDate and gender "
+                "were not used",
+            )
     birth, sex = None, None
     if patient is not None:
         birth = _parse_birth(patient.get("birthDate"), reader)
@@ -514,6 +523,14 @@ class _Reader:
                     target = {"code": {"text": mref["display"]}}
             concept = (target or {}).get("code") if target else None
         if not isinstance(concept, dict):
+            # A drug we cannot see may be one that lowers white cells: say so.
+            self.issue(
+                "unresolved-medication",
+                f"{ref}: its medication could not be read (no code, and the referenced "
+                "Medication is not in the input), so it was not checked against the "
+                "high-risk list",
+                ref,
+            )
             return
         match = match_medication(concept)
         if match is not None:

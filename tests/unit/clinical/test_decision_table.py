@@ -126,6 +126,7 @@ def test_row2_severe_or_profound_afebrile(anc: float) -> None:
 def test_unknown_anc_with_wbc_of_0_4_is_at_least_severe() -> None:
     a = run(cbc(0.4))
     assert a.grade is NeutropeniaGrade.UNKNOWN
+    assert a.decision_grade is NeutropeniaGrade.SEVERE
     assert a.row == 2 and a.risk is Risk.HIGH
 
 

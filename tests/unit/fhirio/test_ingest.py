@@ -223,3 +223,23 @@ def test_future_results_are_not_used() -> None:
     a = evaluate(bundle(patient(), cbc(1.0, 0.2, when="2026-03-11T00:00:00Z")), now=NOW)
     assert a.index_draw is None
     assert "future-time" in {i.code for i in a.issues}
+
+
+def test_another_patients_demographics_are_never_used() -> None:
+    # A child's Patient resource beside an adult's labs: the child limits must not apply.
+    labs = ingest(bundle(patient(birth="2022-01-01", pid="child"), obs(WBC, 5.0)), patient_id="p1")
+    assert labs.birth_date is None
+    assert "other-patient" in {i.code for i in labs.issues}
+
+
+def test_unreadable_medication_is_reported_not_skipped() -> None:
+    mr = {
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationReference": {"reference": "Medication/not-here"},
+    }
+    a = evaluate(bundle(patient(), cbc(3.6, 2.0), mr), now=NOW)
+    assert "unresolved-medication" in {i.code for i in a.issues}
