@@ -78,6 +78,7 @@ EXPECTED_FILES = frozenset(
     {
         "CodeSystem-leukopenia-finding.json",
         "CodeSystem-leukopenia-action.json",
+        "CodeSystem-cds-override-reason.json",
         "ValueSet-leukopenia-finding.json",
         "ValueSet-leukopenia-action.json",
         "ValueSet-loinc-cbc-all.json",
@@ -332,3 +333,14 @@ def test_capability_statement_reads_as_client_and_creates_conditionally() -> Non
         interactions = {i["code"] for i in resources[created]["interaction"]}
         assert "create" in interactions
         assert resources[created]["conditionalCreate"] is True
+
+
+def test_card_override_reasons_are_published() -> None:
+    from fhir_leuko.cdshooks.cards import (
+        ASSESSMENT_OVERRIDES,
+        MEDICATION_OVERRIDES,
+        OVERRIDE_SYSTEM,
+    )
+
+    used = {c.code for c in (*ASSESSMENT_OVERRIDES, *MEDICATION_OVERRIDES)}
+    assert used == codes_of(OVERRIDE_SYSTEM)
