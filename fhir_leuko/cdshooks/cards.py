@@ -266,16 +266,23 @@ def _rec_line(rec: Recommendation) -> str:
     )
 
 
-def assessment_detail(a: Assessment, rules_url: str) -> str:
-    """The main card's Markdown: values, grade, trend, findings with sources, decision, orders,
-    what was not proposed, medications, conditions, advice and the data that was not used."""
-    lines = _index_lines(a)
+def _trend_and_findings(a: Assessment) -> list[str]:
+    """The serial counts, then each finding with its source (Markdown lines)."""
+    lines: list[str] = []
     trend = _trend_lines(a.draws)
     if trend:
         lines += ["", *trend]
     if a.findings:
         lines += ["", "**Findings**"]
         lines += [f"- {md(f.text)} *[{md(f.source)}]*" for f in a.findings]
+    return lines
+
+
+def assessment_detail(a: Assessment, rules_url: str) -> str:
+    """The main card's Markdown: values, grade, trend, findings with sources, decision, orders,
+    what was not proposed, medications, conditions, advice and the data that was not used."""
+    lines = _index_lines(a)
+    lines += _trend_and_findings(a)
     row = next((h for h in a.trace if h.rule.startswith("row-")), None)
     if row is not None:
         lines += ["", f"**Decision:** {md(row.text)} *[{md(row.source)}]*"]
@@ -497,12 +504,7 @@ def medication_check_response(
             "",
             f"**Risk with this drug:** {a.risk.value}. {md(a.headline)}",
         ]
-        trend = _trend_lines(a.draws)
-        if trend:
-            lines += ["", *trend]
-        if a.findings:
-            lines += ["", "**Findings**"]
-            lines += [f"- {md(f.text)} *[{md(f.source)}]*" for f in a.findings]
+        lines += _trend_and_findings(a)
         lines += _issue_lines(a.issues, "Data not used or not available")
         lines += ["", f"Rules and sources: [fhir-leuko clinical rules]({rules_url})"]
         remove = m.Suggestion(

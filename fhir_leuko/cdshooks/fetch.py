@@ -33,7 +33,7 @@ import httpx
 from fhir_leuko.cdshooks.services import PrefetchQuery, ServiceDefinition
 from fhir_leuko.clinical.model import DataIssue
 from fhir_leuko.errors import FhirServerError, InputError, LeukoError
-from fhir_leuko.fhirio.client import AsyncFhirClient, bundle_resources
+from fhir_leuko.fhirio.client import AsyncFhirClient, bundle_resources, next_link
 from fhir_leuko.fhirio.queries import past_window, within_window
 
 JSON = dict[str, Any]
@@ -152,15 +152,6 @@ def _resources(value: JSON) -> list[JSON]:
     return [value]
 
 
-def _next_link(bundle: JSON) -> str | None:
-    for link in bundle.get("link") or ():
-        if isinstance(link, dict) and link.get("relation") == "next":
-            url = link.get("url")
-            if isinstance(url, str) and url:
-                return url
-    return None
-
-
 async def gather(
     service: ServiceDefinition,
     *,
@@ -195,7 +186,7 @@ async def gather(
         if query.returns == "Patient":
             _check_patient(query.key, value, patient_id)
         out.resources.extend(within_window(_resources(value), query.query, now))
-        next_url = _next_link(value) if value.get("resourceType") == "Bundle" else None
+        next_url = next_link(value) if value.get("resourceType") == "Bundle" else None
         if next_url is not None:
             if usable and fhir_server is not None and _below(next_url, fhir_server):
                 jobs[query.key] = _pages_job(query, next_url, now, policy)
@@ -335,7 +326,7 @@ def _pages_job(
             pages += 1
             if past_window(raw, batch, query.query) or pages >= policy.max_pages:
                 break
-            url = _next_link(page)
+            url = next_link(page)
         return found
 
     return run

@@ -51,6 +51,7 @@ __all__ = [
     "SearchParams",
     "SmartBackendAuth",
     "bundle_resources",
+    "next_link",
     "parse_retry_after",
 ]
 
@@ -315,7 +316,8 @@ def _encode_query(params: SearchParams | None) -> str:
     return str(httpx.QueryParams(tuple(pairs)))
 
 
-def _next_link(bundle: Mapping[str, Any]) -> str | None:
+def next_link(bundle: Mapping[str, Any]) -> str | None:
+    """The URL of ``Bundle.link[relation=next]``, if any."""
     for link in bundle.get("link") or ():
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
@@ -814,7 +816,7 @@ class _FhirClientCore:
                 yield _Emit(bundle)
             elif not take(bundle):
                 return
-            next_url = _next_link(bundle)
+            next_url = next_link(bundle)
             if next_url is None:
                 return
             url = self._resolve(next_url, "next link")
