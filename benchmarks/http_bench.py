@@ -348,9 +348,9 @@ def main() -> int:
     ap.add_argument(
         "--stack",
         choices=("h11", "httptools"),
-        default="h11",
-        help="uvicorn's pure-Python stack (asyncio + h11, what the project's "
-        "dependencies install) or uvloop + httptools (uvicorn[standard])",
+        default="httptools",
+        help="uvloop + httptools (uvicorn[standard], what the project installs and what "
+        "fhir-leuko serve uses) or uvicorn's pure-Python stack (asyncio + h11)",
     )
     ap.add_argument("--serve-worker", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
