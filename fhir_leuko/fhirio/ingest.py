@@ -228,6 +228,13 @@ def parse_time(value: Any) -> datetime | None:
     """FHIR date / dateTime / instant -> aware datetime (UTC when no zone is given)."""
     if not isinstance(value, str) or len(value) < 4:
         return None
+    return _parse_time_str(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_time_str(value: str) -> datetime | None:
+    """Cached: the results of one draw share one time string, and the CDS prefetch windows
+    parse the same strings before ingest does."""
     try:
         if len(value) == 4:
             dt = datetime(int(value), 1, 1)
@@ -469,12 +476,12 @@ class _Reader:
         return None
 
     def _duffy_observation(self, obs: JSON, code: JSON) -> bool:
-        raw = code.get("text")
-        if not (isinstance(raw, str) and ("uffy" in raw or "UFFY" in raw)) and not any(
-            isinstance(c, dict)
-            and ("uffy" in str(c.get("display", "")) or "UFFY" in str(c.get("display", "")))
-            for c in code.get("coding") or ()
-        ):
+        # Cheap test first: almost every Observation here is an unread lab analyte.
+        words = str(code.get("text", ""))
+        for c in code.get("coding") or ():
+            if isinstance(c, dict) and "display" in c:
+                words += str(c["display"])
+        if "uffy" not in words and "UFFY" not in words:
             return False
         text = " ".join(_texts(code)).lower()
         if "duffy" not in text or obs.get("status") not in USED_STATUSES:
