@@ -74,6 +74,8 @@ class ServiceSettings:
     # Server processes. One uses one core; give each core one (with uvloop, from
     # uvicorn[standard]) to reach the throughput benchmarks/README.md reports.
     workers: int = 1
+    # With workers > 1 the JWT replay cache (seen jti values) is kept here, shared by all.
+    replay_db: str = "fhir-leuko-replay.sqlite3"
     # The public URL of this service, as EHRs call it: JWT `aud` is compared with it, never
     # with the request URL (which differs behind a proxy).
     public_base_url: str = "http://127.0.0.1:8080"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -123,6 +124,39 @@ class ReplayCache(Protocol):
     async def remember(self, key: str, until: float) -> bool:
         """Remember ``key`` until the time ``until``; False if it is already remembered."""
         ...
+
+
+class SqliteReplayCache:
+    """Replay cache shared by every server process on one machine (``serve --workers N``).
+
+    A per-process cache would let a token replayed to another worker through. SQLite's
+    primary key makes "first time seen" atomic across processes; expired entries are purged
+    as new ones arrive.
+    """
+
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS seen_jti (key TEXT PRIMARY KEY, until REAL NOT NULL)"
+        )
+
+    async def remember(self, key: str, until: float) -> bool:
+        """Remember ``key`` until ``until``; False if any process already remembered it."""
+        with self._lock:
+            now = self._clock()
+            self._db.execute("DELETE FROM seen_jti WHERE until <= ?", (now,))
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO seen_jti (key, until) VALUES (?, ?)", (key, until)
+            )
+            return cur.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 class InMemoryReplayCache:

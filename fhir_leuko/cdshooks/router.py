@@ -27,7 +27,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Path, Request, Response
 
 from fhir_leuko.cdshooks import models as m
-from fhir_leuko.cdshooks.auth import Claims, IssuerTrust, JwtPolicy, JwtVerifier
+from fhir_leuko.cdshooks.auth import Claims, IssuerTrust, JwtPolicy, JwtVerifier, SqliteReplayCache
 from fhir_leuko.cdshooks.cards import (
     SelectedDrug,
     medication_check_response,
@@ -259,7 +259,10 @@ def build_router(settings: Settings) -> APIRouter:
     """The CDS Hooks endpoints for ``settings``; resources opened here close with the app."""
     svc = settings.service
     policy = None if svc.insecure_dev else jwt_policy(settings)
-    verifier = None if policy is None else JwtVerifier(policy)
+    # Several server processes must share one replay cache, or a replayed token could reach
+    # a process that has not seen its jti.
+    replay = SqliteReplayCache(svc.replay_db) if policy is not None and svc.workers > 1 else None
+    verifier = None if policy is None else JwtVerifier(policy, replay_cache=replay)
     if policy is None and not svc.insecure_dev:
         logger.warning(
             "No trusted CDS client is configured: every CDS Hooks call will be refused (401). "
