@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -125,7 +125,7 @@ def ingest_resources(
     for res in resources:
         rt = res.get("resourceType")
         if rt == "Observation":
-            reader.observation(res)
+            reader.guarded(reader.observation, res)
         elif rt == "Patient":
             patients.append(res)
         else:
@@ -135,16 +135,13 @@ def ingest_resources(
     for res in others:
         rt = res.get("resourceType")
         if rt == "DiagnosticReport":
-            rid = _ref_of(res)
-            for m in res.get("result") or ():
-                if isinstance(m, dict) and isinstance(m.get("reference"), str):
-                    report_draw[_rel(m["reference"])] = rid
+            reader.guarded(_report_members, res, report_draw)
         elif rt in ("MedicationRequest", "MedicationStatement"):
-            reader.medication(res, by_ref)
+            reader.guarded(reader.medication, res, by_ref)
         elif rt == "Condition":
-            reader.condition(res)
+            reader.guarded(reader.condition, res)
         elif rt == "ServiceRequest":
-            reader.service_request(res)
+            reader.guarded(reader.service_request, res)
 
     subject_ids = {s for s in reader.subjects if s}
     pid = patient_id
@@ -202,6 +199,13 @@ def ingest_resources(
         open_orders=tuple(reader.orders),
         issues=tuple(reader.issues),
     )
+
+
+def _report_members(res: JSON, report_draw: dict[str, str]) -> None:
+    rid = _ref_of(res)
+    for m in res.get("result") or ():
+        if isinstance(m, dict) and isinstance(m.get("reference"), str):
+            report_draw[_rel(m["reference"])] = rid
 
 
 def _with_draw(r: Result, draw_id: str) -> Result:
@@ -285,6 +289,24 @@ class _Reader:
             Analyte.VITAMIN_B12: (0.0, 1e5),
             Analyte.FOLATE: (0.0, 1e4),
         }
+
+    def guarded(self, read: Callable[..., None], res: JSON, *args: Any) -> None:
+        """Read one resource; a resource whose elements have the wrong JSON types is reported
+        and skipped, never a crash of the whole evaluation (and nothing else is lost)."""
+        try:
+            read(res, *args)
+        except (TypeError, AttributeError, ValueError, KeyError, IndexError):
+            rid = res.get("id")
+            ref = (
+                f"{res.get('resourceType')}/{rid}"
+                if isinstance(rid, str)
+                else str(res.get("resourceType"))
+            )
+            self.issue(
+                "malformed-resource",
+                f"{ref} is not valid FHIR JSON (an element has the wrong type); it was not used",
+                ref,
+            )
 
     def issue(
         self, code: str, message: str, ref: str | None = None, severity: str = "warning"
