@@ -38,10 +38,7 @@ def text_report(a: Assessment) -> str:
     lines.append("")
     label = _INDICATOR[a.risk.value]
     lines.append(f"[{label}] Risk {a.risk.value.upper()} - {a.headline}")
-    if a.findings:
-        lines.append("")
-        lines.append("Findings:")
-        lines += [f"  - {f.text}  [{f.source}]" for f in a.findings]
+    _section(lines, "Findings:", [f"{f.text}  [{f.source}]" for f in a.findings])
     if a.recommendations:
         lines.append("")
         lines.append("Suggested next steps:")
@@ -59,25 +56,27 @@ def text_report(a: Assessment) -> str:
         lines.append("Suggested next steps: none")
     for n in a.not_proposed:
         lines.append(f"  - {n}")
-    if a.medications:
-        lines.append("")
-        lines.append("Medications that lower white cells:")
-        lines += [f"  - {m.name} ({m.ref}; matched by {m.matched_by})" for m in a.medications]
-    if a.conditions:
-        lines.append("")
-        lines.append("Recorded conditions that can explain it:")
-        lines += [f"  - {c.display} ({c.ref})" for c in a.conditions]
-    if a.mitigation:
-        lines.append("")
-        lines.append("Mitigation:")
-        lines += [f"  - {m}" for m in a.mitigation]
-    if a.data_handling:
-        lines.append("")
-        lines.append("Data handling:")
-        lines += [f"  - {d}" for d in a.data_handling]
-    issues = [i for i in a.issues if i.severity != "information"]
-    if issues:
-        lines.append("")
-        lines.append("Data that could not be used:")
-        lines += [f"  - {i.message}" for i in issues]
+    _section(
+        lines,
+        "Medications that lower white cells:",
+        [f"{m.name} ({m.ref}; matched by {m.matched_by})" for m in a.medications],
+    )
+    _section(
+        lines,
+        "Recorded conditions that can explain it:",
+        [f"{c.display} ({c.ref})" for c in a.conditions],
+    )
+    _section(lines, "Mitigation:", list(a.mitigation))
+    _section(lines, "Data handling:", list(a.data_handling))
+    _section(
+        lines,
+        "Data that could not be used:",
+        [i.message for i in a.issues if i.severity != "information"],
+    )
     return "\n".join(lines) + "\n"
+
+
+def _section(lines: list[str], title: str, items: list[str]) -> None:
+    """A titled bullet list after a blank line; nothing at all when there are no items."""
+    if items:
+        lines += ["", title, *(f"  - {i}" for i in items)]
