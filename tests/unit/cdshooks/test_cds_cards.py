@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from cds_conformance import assert_conformant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fhir_leuko.cdshooks import cards
 from fhir_leuko.cdshooks.cards import (
     INDICATOR,
     OVERRIDE_SYSTEM,
@@ -208,10 +210,35 @@ def test_patient_derived_text_cannot_inject_html_or_links() -> None:
         ("line\nbreak\r\n# heading", "line break \\# heading"),
         ("x | y", "x \\| y"),
         ("see http://a.b", "see http\\://a.b"),
+        ("HTTPS://A.B and Mailto:x", "HTTPS\\://A.B and Mailto\\:x"),
+        ("JavaScript:alert DATA:text/html", "JavaScript\\:alert DATA\\:text/html"),
+        ("ftp:x WWW.evil.example", "ftp\\:x WWW\\.evil.example"),
+        ("06:32 on 2026-11-23, WBC 2.6", "06:32 on 2026-11-23, WBC 2.6"),
     ],
 )
 def test_md_escapes(raw: str, rendered: str) -> None:
     assert md(raw) == rendered
+
+
+_SCHEME = re.compile(r"(?i)\b(https?|ftp|mailto|javascript|data):")
+_WWW = re.compile(r"(?i)\bwww\.")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["http", "HTTPS", "ftp", "MailTo", "javascript", "data", "www", "WwW"])
+        | st.sampled_from([":", ".", " ", "/", "a", "x", "(", "1", "\n", "<"])
+        | st.text(max_size=3),
+        max_size=12,
+    ).map("".join)
+)
+def test_md_prefilter_never_skips_a_link(raw: str) -> None:
+    """md only runs its link-breaking regexes when they can match: same result as always."""
+    s = " ".join(raw.split()).translate(cards._MD_ESCAPES)
+    s = _SCHEME.sub(lambda m: m.group(1) + "\\:", s)
+    s = _WWW.sub(lambda m: m.group(0)[:-1] + "\\.", s)
+    assert md(raw) == s
 
 
 # --- order-select --------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_leuko.clinical.model import Action
 from fhir_leuko.fhirio import codes, emit
@@ -126,3 +130,9 @@ def test_a_normal_risk_assessment_is_valid_when_one_is_needed() -> None:
     emit.validate(ra)
     assert ra["prediction"][0]["qualitativeRisk"]["coding"][0]["code"] == "negligible"
     assert ra["reasonCode"] and ra["mitigation"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.uuids())
+def test_uuid5_is_the_rfc4122_name_based_uuid(name: str, namespace: uuid.UUID) -> None:
+    assert emit.uuid5(namespace, name) == str(uuid.uuid5(namespace, name))
