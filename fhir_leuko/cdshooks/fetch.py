@@ -21,6 +21,7 @@ All calls of one hook share one time budget (``fetch_timeout_s``): an EHR waits 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,11 +68,13 @@ class Gathered:
 # --- The allowlist -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def normalise_base(url: str) -> str | None:
     """``https://Host:443/fhir/`` -> ``https://host/fhir``; None for what we never call.
 
     Userinfo, query and fragment are refused: none belongs in a FHIR base, and userinfo is a
     classic way to make an allowlist check and the HTTP client disagree about the host.
+    Cached: an EHR sends the same fhirServer on every call, and the allowlist never changes.
     """
     try:
         u = httpx.URL(url)

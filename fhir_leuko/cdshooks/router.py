@@ -364,7 +364,7 @@ def build_router(settings: Settings) -> APIRouter:
             len(response.cards),
             (time.perf_counter() - started) * 1000,
         )
-        return _json_response(m.wire(response))
+        return _json_response(m.wire_bytes(response))
 
     @router.post(
         SERVICES_PATH + "/{service_id}/feedback",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 import pytest
 from cds_conformance import assert_conformant
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from fhir_leuko.cdshooks.cards import (
     medication_check_response,
     patient_view_response,
 )
-from fhir_leuko.cdshooks.models import wire
+from fhir_leuko.cdshooks.models import wire, wire_bytes
 from fhir_leuko.clinical.model import Assessment
 from fhir_leuko.fhirio import codes
 from fhir_leuko.service import evaluate
@@ -34,8 +35,10 @@ def assess(*items: Any) -> Assessment:
 
 
 def cards_for(*items: Any) -> dict[str, Any]:
-    body = wire(patient_view_response(assess(*items), service_id=SERVICE, rules_url=RULES))
+    response = patient_view_response(assess(*items), service_id=SERVICE, rules_url=RULES)
+    body = wire(response)
     assert_conformant(body)
+    assert orjson.loads(wire_bytes(response)) == body  # what the endpoint sends
     return body
 
 
