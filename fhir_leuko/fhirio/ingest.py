@@ -32,7 +32,7 @@ from fhir_leuko.clinical.model import (
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import InputError
 from fhir_leuko.fhirio import codes
-from fhir_leuko.fhirio.units import UnitProblem, converter_for
+from fhir_leuko.fhirio.units import Converter, UnitProblem, converter_for
 
 JSON = dict[str, Any]
 
@@ -122,10 +122,14 @@ def ingest_resources(
     reader = _Reader(thresholds)
     patients: list[JSON] = []
     others: list[JSON] = []
+    observation = reader.observation
     for res in resources:
         rt = res.get("resourceType")
         if rt == "Observation":
-            reader.guarded(reader.observation, res)
+            try:  # reader.guarded, inlined: the one loop that runs for every result
+                observation(res)
+            except _MALFORMED:
+                reader.malformed(res)
         elif rt == "Patient":
             patients.append(res)
         else:
@@ -261,6 +265,8 @@ def _parse_birth(value: Any, reader: _Reader) -> date | None:
 
 
 _PRIORITIES = {p.value: p for p in Priority}
+#: What reading a resource whose elements have the wrong JSON types raises.
+_MALFORMED = (TypeError, AttributeError, ValueError, KeyError, IndexError)
 
 
 class _Reader:
@@ -295,18 +301,22 @@ class _Reader:
         and skipped, never a crash of the whole evaluation (and nothing else is lost)."""
         try:
             read(res, *args)
-        except (TypeError, AttributeError, ValueError, KeyError, IndexError):
-            rid = res.get("id")
-            ref = (
-                f"{res.get('resourceType')}/{rid}"
-                if isinstance(rid, str)
-                else str(res.get("resourceType"))
-            )
-            self.issue(
-                "malformed-resource",
-                f"{ref} is not valid FHIR JSON (an element has the wrong type); it was not used",
-                ref,
-            )
+        except _MALFORMED:
+            self.malformed(res)
+
+    def malformed(self, res: JSON) -> None:
+        """Report a resource that could not be read (an element of the wrong JSON type)."""
+        rid = res.get("id")
+        ref = (
+            f"{res.get('resourceType')}/{rid}"
+            if isinstance(rid, str)
+            else str(res.get("resourceType"))
+        )
+        self.issue(
+            "malformed-resource",
+            f"{ref} is not valid FHIR JSON (an element has the wrong type); it was not used",
+            ref,
+        )
 
     def issue(
         self, code: str, message: str, ref: str | None = None, severity: str = "warning"
@@ -427,9 +437,13 @@ class _Reader:
         comparator: str | None = None
         if isinstance(q, dict):
             raw = q.get("value")
-            ucum = q.get("code") if isinstance(q.get("code"), str) else None
-            unit = q.get("unit") if isinstance(q.get("unit"), str) else None
-            comparator = q.get("comparator") if isinstance(q.get("comparator"), str) else None
+            ucum, unit, comparator = q.get("code"), q.get("unit"), q.get("comparator")
+            if not isinstance(ucum, str):
+                ucum = None
+            if not isinstance(unit, str):
+                unit = None
+            if not isinstance(comparator, str):
+                comparator = None
         elif "valueInteger" in holder:
             raw = holder["valueInteger"]
         elif "valueString" in holder:
@@ -456,10 +470,9 @@ class _Reader:
             return
         v = conv(value)
         low: float | None
-        if loinc == codes.RBC_FOLATE and analyte is Analyte.FOLATE:
-            low = self._ref_low(holder, analyte, ucum, unit) or self.t.rbc_folate_normal_min_ng_ml
-        else:
-            low = self._ref_low(holder, analyte, ucum, unit)
+        low = self._ref_low(holder, analyte, ucum, unit, conv)
+        if not low and loinc == codes.RBC_FOLATE and analyte is Analyte.FOLATE:
+            low = self.t.rbc_folate_normal_min_ng_ml
         lo, hi = self._plausible[analyte]
         if not (lo <= v <= hi):
             shown = f"{value:g} {ucum or unit or ''}".strip()
@@ -478,8 +491,14 @@ class _Reader:
         self.results.append(Result(analyte, v, when, ref, status, low, draw_id))
 
     def _ref_low(
-        self, holder: JSON, analyte: Analyte, ucum: str | None, unit: str | None
+        self,
+        holder: JSON,
+        analyte: Analyte,
+        ucum: str | None,
+        unit: str | None,
+        value_conv: Converter,
     ) -> float | None:
+        """referenceRange.low in the canonical unit (the value's unit when it names none)."""
         rr = holder.get("referenceRange")
         if not isinstance(rr, list):
             return None
@@ -489,8 +508,13 @@ class _Reader:
                 n = _number(low.get("value"))
                 if n is None:
                     continue
-                lcode = low.get("code") if isinstance(low.get("code"), str) else ucum
-                lunit = low.get("unit") if isinstance(low.get("unit"), str) else unit
+                lcode, lunit = low.get("code"), low.get("unit")
+                if not isinstance(lcode, str):
+                    lcode = ucum
+                if not isinstance(lunit, str):
+                    lunit = unit
+                if lcode == ucum and lunit == unit:
+                    return value_conv(n)
                 try:
                     return converter_for(analyte, lcode, lunit)(n)
                 except UnitProblem:
@@ -669,9 +693,14 @@ def _first_code(concept: Any) -> str | None:
 
 
 def _number(raw: Any) -> float | None:
-    if isinstance(raw, bool):
+    kind = type(raw)
+    if kind is float:  # the usual case first (orjson gives exact types; bool is not int here)
+        v = raw
+    elif kind is int:
+        v = float(raw)
+    elif isinstance(raw, bool):
         return None
-    if isinstance(raw, int | float):
+    elif isinstance(raw, int | float):
         v = float(raw)
     elif isinstance(raw, str):
         try:
