@@ -82,7 +82,7 @@ def dedupe(results: Iterable[Result]) -> tuple[list[Result], list[DataIssue], li
             )
         )
         kept.append(chosen)
-    kept.sort(key=lambda r: (r.time, r.analyte.value))
+    kept.sort(key=lambda r: (r.time, r.analyte))  # a StrEnum orders as its value
     return kept, issues, trace
 
 

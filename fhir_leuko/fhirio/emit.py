@@ -14,6 +14,7 @@ through ``supportingInfo`` (Reference(Any)).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from datetime import UTC, datetime
@@ -67,11 +68,18 @@ def service_request_identifier(a: Assessment, rec: Recommendation) -> str:
     return _digest(_patient(a), rec.action.value, _index_key(a), rec.priority.value)
 
 
+@functools.lru_cache(maxsize=8)
+def _ns_bytes(namespace: uuid.UUID) -> bytes:
+    return namespace.bytes  # a property that converts on every read
+
+
 def uuid5(namespace: uuid.UUID, name: str) -> str:
     """``str(uuid.uuid5(namespace, name))`` (RFC 4122 name-based, SHA-1), without building
     UUID objects: a CDS call derives about ten of these, and the stdlib path costs ~10 µs each.
     """
-    h = bytearray(hashlib.sha1(namespace.bytes + name.encode(), usedforsecurity=False).digest())
+    h = bytearray(
+        hashlib.sha1(_ns_bytes(namespace) + name.encode(), usedforsecurity=False).digest()
+    )
     h[6] = (h[6] & 0x0F) | 0x50  # version 5
     h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = h[:16].hex()
@@ -161,7 +169,14 @@ def risk_assessment(a: Assessment) -> JSON:
     return _prune(ra)
 
 
-def service_request(a: Assessment, rec: Recommendation, ra: JSON) -> JSON:
+def service_request(
+    a: Assessment,
+    rec: Recommendation,
+    ra: JSON,
+    reasons: list[JSON] | None = None,
+    authored: str | None = None,
+) -> JSON:
+    """A proposed order; ``reasons`` and ``authored`` may be passed when already built."""
     ident = service_request_identifier(a, rec)
     coding = [
         {"system": s, "code": c, "display": d} for s, c, d in codes.ACTION_CODINGS[rec.action]
@@ -191,11 +206,11 @@ def service_request(a: Assessment, rec: Recommendation, ra: JSON) -> JSON:
         "code": {"coding": coding, "text": codes.ACTION_DISPLAY[rec.action]},
         "subject": subject_of(a),
         "occurrencePeriod": period,
-        "authoredOn": instant(a.now),
+        "authoredOn": authored or instant(a.now),
         "performerType": {"text": "Haematology"}
         if rec.action is Action.HAEMATOLOGY_REFERRAL
         else None,
-        "reasonCode": [finding_concept(f) for f in a.findings],
+        "reasonCode": reasons if reasons is not None else [finding_concept(f) for f in a.findings],
         "reasonReference": [{"reference": r} for r in index_refs] or None,
         "supportingInfo": [reference_to(ra)],
         "note": [{"text": f"{rec.reason} [{rec.source}]" + (" Optional." if rec.optional else "")}],
@@ -217,7 +232,9 @@ def resources(a: Assessment) -> list[JSON]:
     if not a.actionable:
         return []
     ra = risk_assessment(a)
-    return [ra] + [service_request(a, rec, ra) for rec in a.recommendations]
+    reasons = [finding_concept(f) for f in a.findings]  # the same codes in every order
+    authored = instant(a.now)
+    return [ra] + [service_request(a, rec, ra, reasons, authored) for rec in a.recommendations]
 
 
 def operation_outcome(a: Assessment) -> JSON | None:
