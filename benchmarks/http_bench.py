@@ -49,6 +49,7 @@ SERVICE_PATH = "/cds-services/leukopenia-patient-view"
 NOOP_PATH = "/bench/noop"
 PARSE_PATH = "/bench/parse"  # a no-op that also parses the JSON: the floor of any JSON service
 ENDPOINTS = (("no-op", NOOP_PATH), ("parse-only", PARSE_PATH), ("service", SERVICE_PATH))
+SERVER_LOG = Path(os.environ.get("BENCH_SERVER_LOG", "/tmp/fhir-leuko-bench-server.log"))
 OPTIONAL_KEYS = ("temperatures", "vitaminLevels", "medications", "conditions", "openOrders")
 
 
@@ -191,9 +192,19 @@ def serve_worker(port: int, stack: str) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((HOST, port))
+    from fhir_leuko import logs
+
     loop, http = ("asyncio", "h11") if stack == "h11" else ("uvloop", "httptools")
+    # Logging as `fhir-leuko serve` does it: one INFO line per CDS call, to stderr (a file).
+    level = os.environ.get("FHIR_LEUKO_LOG_LEVEL", "info")
     config = uvicorn.Config(
-        bench_app, factory=True, log_level="warning", access_log=False, loop=loop, http=http
+        bench_app,
+        factory=True,
+        log_config=logs.configure(level),
+        log_level=logs.check_level(level),
+        access_log=False,
+        loop=loop,
+        http=http,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -207,15 +218,17 @@ def start_servers(port: int, workers: int, stack: str) -> list[subprocess.Popen[
         "--stack",
         stack,
     ]
-    procs = [
-        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(workers)
-    ]
+    # The server log goes to a file: a pipe nobody reads would block the server when full.
+    with SERVER_LOG.open("wb") as log:
+        procs = [
+            subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+            for _ in range(workers)
+        ]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             stop_servers(procs)
-            err = b"".join(p.stderr.read() for p in procs if p.stderr).decode()
+            err = SERVER_LOG.read_text(errors="replace")
             raise SystemExit(f"a server process exited: {err[-2000:]}")
         try:
             with socket.create_connection((HOST, port), timeout=0.2):

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from fhir_leuko import __version__
+from fhir_leuko import __version__, logs
 from fhir_leuko.config import load_settings
 from fhir_leuko.errors import ConfigError, FhirServerError, InputError, LeukoError
 from fhir_leuko.fhirio import emit
@@ -162,6 +162,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, service=svc)
     workers = args.workers or svc.workers
     host, port = args.host or svc.host, args.port or svc.port
+    log_config = logs.configure(svc.log_level)
+    level = logs.check_level(svc.log_level)
     if workers > 1:
         # Each process builds its own app from the environment: pass what the flags said.
         if args.config:
@@ -175,11 +177,19 @@ def _serve(args: argparse.Namespace) -> int:
             workers=workers,
             host=host,
             port=port,
-            log_level="info",
+            log_config=log_config,
+            log_level=level,
             access_log=False,
         )
         return 0
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=log_config,
+        log_level=level,
+        access_log=False,
+    )
     return 0
 
 

@@ -80,6 +80,9 @@ class ServiceSettings:
     # with the request URL (which differs behind a proxy).
     public_base_url: str = "http://127.0.0.1:8080"
     insecure_dev: bool = False  # no JWT check: local use only, announced loudly
+    # fhir_leuko log lines on stderr: critical, error, warning, info (one line per CDS call,
+    # identifiers only, never patient data) or debug.
+    log_level: str = "info"
     fhir_server_allowlist: tuple[str, ...] = ()  # SSRF guard for fetching from fhirServer
     cors_origins: tuple[str, ...] = ()
     feedback_db: str = "fhir-leuko-feedback.sqlite3"

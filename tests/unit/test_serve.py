@@ -1,0 +1,149 @@
+"""``fhir-leuko serve`` as an operator runs it: a real process on 127.0.0.1, configured from the
+environment, answering the README's call, and logging one line per CDS call without patient
+data."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhir_leuko import logs
+from fhir_leuko.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUEST = ROOT / "tests" / "fixtures" / "cds" / "patient-view-febrile-neutropenia.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(tmp_path: Path, **env: str) -> Iterator[tuple[str, Path]]:
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_LEUKO_")} | {
+        "FHIR_LEUKO_INSECURE_DEV": "1",
+        "FHIR_LEUKO_PORT": str(port),
+        "FHIR_LEUKO_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "FHIR_LEUKO_WORKER_ENABLED": "0",
+        **env,
+    }
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fhir_leuko", "serve"],
+            cwd=tmp_path,  # the SQLite files land here
+            env=environ,
+            stdout=err,
+            stderr=err,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/cds-services", timeout=1, trust_env=False).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve did not answer within 30 s: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield base, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    yield from _serve(tmp_path)
+
+
+def _readme_request() -> bytes:
+    """The README's curl body: the fixture with its results moved to yesterday."""
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    return REQUEST.read_text().replace("2026-03-09", yesterday).encode()
+
+
+def test_serve_answers_the_readme_call_and_logs_it_without_patient_data(
+    served: tuple[str, Path],
+) -> None:
+    base, log = served
+    answer = httpx.post(
+        f"{base}/cds-services/leukopenia-patient-view",
+        content=_readme_request(),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+        trust_env=False,
+    )
+    assert answer.status_code == 200
+    [card] = answer.json()["cards"]
+    assert card["indicator"] == "critical"
+    time.sleep(0.2)  # the log line is written before the answer; let the file catch up
+    text = log.read_text()
+    assert "INSECURE DEV MODE" in text
+    line = re.search(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO fhir_leuko\.cdshooks\.router: "
+        r"cds leukopenia-patient-view hookInstance=5f0c1e2a-8f2b-4c7e-9d0a-3b6e4a1c2d90 "
+        r"iss=- jti=- cards=1 in [\d.]+ ms$",
+        text,
+        re.MULTILINE,
+    )
+    assert line, text[-2000:]
+    # Identifiers of the call only: not the patient, their birth date or their counts.
+    for phi in ("example-1", "1964-04-02", "1.1", "0.3"):
+        assert phi not in line.group(0)
+
+
+def test_log_level_setting_silences_the_per_call_line(tmp_path: Path) -> None:
+    for base, log in _serve(tmp_path, FHIR_LEUKO_LOG_LEVEL="warning"):
+        answer = httpx.post(
+            f"{base}/cds-services/leukopenia-patient-view",
+            content=_readme_request(),
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+            trust_env=False,
+        )
+        assert answer.status_code == 200
+        time.sleep(0.2)
+        text = log.read_text()
+        assert "INSECURE DEV MODE" in text  # warnings still show
+        assert "cds leukopenia-patient-view" not in text
+
+
+def test_an_unknown_log_level_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="log_level must be one of"):
+        logs.check_level("loud")
+    assert logs.check_level(" INFO ") == "info"
+
+
+def test_log_config_sends_fhir_leuko_info_lines_to_stderr() -> None:
+    cfg = logs.log_config("info")
+    assert cfg["loggers"]["fhir_leuko"]["level"] == "INFO"
+    assert cfg["handlers"]["fhir_leuko"]["stream"] == "ext://sys.stderr"
+    assert "uvicorn.error" in cfg["loggers"]  # uvicorn's own loggers are kept
+    record = logging.LogRecord("fhir_leuko.x", logging.INFO, __file__, 1, "hi", None, None)
+    record.created = 0.0
+    record.msecs = 0.0
+    assert logs.UtcFormatter(logs.FORMAT).format(record) == (
+        "1970-01-01T00:00:00.000Z INFO fhir_leuko.x: hi"
+    )
