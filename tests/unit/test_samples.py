@@ -37,8 +37,14 @@ EXPECTED: dict[str, dict[str, Any]] = MANIFEST["samples"]
 FINDING_SYSTEM = "http://fhir-leuko.org/fhir/CodeSystem/leukopenia-finding"
 ACTION_SYSTEM = "http://fhir-leuko.org/fhir/CodeSystem/leukopenia-action"
 RISK_SYSTEM = "http://terminology.hl7.org/CodeSystem/risk-probability"
-ACTIONS = {"repeat-cbc", "vitamin-b12", "folate", "peripheral-smear", "haematology-referral",
-           "urgent-evaluation"}
+ACTIONS = {
+    "repeat-cbc",
+    "vitamin-b12",
+    "folate",
+    "peripheral-smear",
+    "haematology-referral",
+    "urgent-evaluation",
+}
 
 JSON = dict[str, Any]
 
@@ -69,8 +75,11 @@ def _run_cli(name: str, fmt: str, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def _resources(bundle: JSON, resource_type: str) -> list[JSON]:
-    return [e["resource"] for e in bundle.get("entry", ())
-            if e["resource"]["resourceType"] == resource_type]
+    return [
+        e["resource"]
+        for e in bundle.get("entry", ())
+        if e["resource"]["resourceType"] == resource_type
+    ]
 
 
 def _codes(concepts: list[JSON], system: str) -> set[str]:
@@ -127,9 +136,7 @@ def test_output_bundle_matches_expected_file(name: str, capsys: pytest.CaptureFi
 # --- (b) independent clinical expectations ----------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_disagreement_marks(n)) for n in NAMES]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_disagreement_marks(n)) for n in NAMES])
 def test_output_meets_the_hand_written_expectation(name: str) -> None:
     exp = EXPECTED[name]
     a = _assessment(name)
@@ -178,8 +185,10 @@ def test_output_meets_the_hand_written_expectation(name: str) -> None:
             start, end = (index + timedelta(days=d) for d in want["window_days"])
             got = (sr["occurrencePeriod"]["start"][:10], sr["occurrencePeriod"]["end"][:10])
             if got != (start.isoformat(), end.isoformat()):
-                problems.append(f"{want['action']} window {got}, expected {start} to {end} "
-                                f"({want['window_days']} days after the index CBC)")
+                problems.append(
+                    f"{want['action']} window {got}, expected {start} to {end} "
+                    f"({want['window_days']} days after the index CBC)"
+                )
     if forbidden := set(exp["actions_absent"]) & set(proposed):
         problems.append(f"actions that must not be proposed: {sorted(forbidden)}")
     for sr in srs:
@@ -188,8 +197,11 @@ def test_output_meets_the_hand_written_expectation(name: str) -> None:
                 f"{_action_of(sr)} is {sr['status']}/{sr['intent']}, not draft/proposal"
             )
 
-    diagnostics = " ".join(i.get("diagnostics", "") for oo in _resources(bundle, "OperationOutcome")
-                           for i in oo["issue"])
+    diagnostics = " ".join(
+        i.get("diagnostics", "")
+        for oo in _resources(bundle, "OperationOutcome")
+        for i in oo["issue"]
+    )
     for text in exp.get("issue_mentions", []):
         if text not in diagnostics:
             problems.append(f"the data issues do not mention {text!r}")
