@@ -7,6 +7,7 @@ configuration (one line on stderr), 3 a FHIR server failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 
 from fhir_leuko import __version__, logs
-from fhir_leuko.config import load_settings
+from fhir_leuko.config import DERIVED_BASE_URL, load_settings, local_base_url
 from fhir_leuko.errors import ConfigError, FhirServerError, InputError, LeukoError
 from fhir_leuko.fhirio import emit
 from fhir_leuko.fhirio.client import FhirClient
@@ -156,20 +157,28 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     svc = settings.service
     if args.insecure_dev:
-        import dataclasses
-
         svc = dataclasses.replace(svc, insecure_dev=True)
         settings = dataclasses.replace(settings, service=svc)
     workers = args.workers or svc.workers
     host, port = args.host or svc.host, args.port or svc.port
+    if settings.origins.get("service.public_base_url") == DERIVED_BASE_URL:
+        # No public URL configured: JWT aud is this process's own URL, with the flags' port.
+        svc = dataclasses.replace(svc, public_base_url=local_base_url(host, port))
+        settings = dataclasses.replace(settings, service=svc)
     log_config = logs.configure(svc.log_level)
     level = logs.check_level(svc.log_level)
     if workers > 1:
         # Each process builds its own app from the environment: pass what the flags said.
+        # WORKERS matters for safety: with more than one process the JWT replay cache must be
+        # the shared SQLite one, or a replayed token could reach a process that has not seen it.
         if args.config:
             os.environ["FHIR_LEUKO_CONFIG"] = str(Path(args.config).resolve())
         if args.insecure_dev:
             os.environ["FHIR_LEUKO_INSECURE_DEV"] = "1"
+        os.environ["FHIR_LEUKO_WORKERS"] = str(workers)
+        os.environ["FHIR_LEUKO_HOST"] = host
+        os.environ["FHIR_LEUKO_PORT"] = str(port)
+        os.environ["FHIR_LEUKO_PUBLIC_BASE_URL"] = svc.public_base_url
         create_app(settings)  # fail here, once, on a bad configuration
         uvicorn.run(
             "fhir_leuko.app:create_app_from_environment",

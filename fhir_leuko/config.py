@@ -77,8 +77,8 @@ class ServiceSettings:
     # With workers > 1 the JWT replay cache (seen jti values) is kept here, shared by all.
     replay_db: str = "fhir-leuko-replay.sqlite3"
     # The public URL of this service, as EHRs call it: JWT `aud` is compared with it, never
-    # with the request URL (which differs behind a proxy).
-    public_base_url: str = "http://127.0.0.1:8080"
+    # with the request URL (which differs behind a proxy). Unset: http://<host>:<port>.
+    public_base_url: str = ""
     insecure_dev: bool = False  # no JWT check: local use only, announced loudly
     # fhir_leuko log lines on stderr: critical, error, warning, info (one line per CDS call,
     # identifiers only, never patient data) or debug.
@@ -231,6 +231,11 @@ def load_settings(
         if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() in s_names
     }
     service = _apply(service, s_env, "environment", "service", origins)
+    if not service.public_base_url:
+        service = dataclasses.replace(
+            service, public_base_url=local_base_url(service.host, service.port)
+        )
+        origins["service.public_base_url"] = DERIVED_BASE_URL
 
     issuers: dict[str, IssuerTrustConfig] = {}
     for iss, raw in (data.get("issuers") or {}).items():
@@ -270,6 +275,14 @@ def load_settings(
         endpoints[name] = _apply(base, rest, "environment", f"endpoints.{name}", origins)
     _check(thresholds)
     return Settings(thresholds, service, issuers, endpoints, origins)
+
+
+DERIVED_BASE_URL = "derived from host and port"
+
+
+def local_base_url(host: str, port: int) -> str:
+    """``http://<host>:<port>``: the public URL when none is configured (no proxy in front)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _check(t: Thresholds) -> None:

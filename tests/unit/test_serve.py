@@ -147,3 +147,67 @@ def test_log_config_sends_fhir_leuko_info_lines_to_stderr() -> None:
     assert logs.UtcFormatter(logs.FORMAT).format(record) == (
         "1970-01-01T00:00:00.000Z INFO fhir_leuko.x: hi"
     )
+
+
+# --- What serve hands to uvicorn and to its worker processes --------------------------------
+
+_SERVE_ENV = (
+    "FHIR_LEUKO_CONFIG",
+    "FHIR_LEUKO_INSECURE_DEV",
+    "FHIR_LEUKO_WORKERS",
+    "FHIR_LEUKO_HOST",
+    "FHIR_LEUKO_PORT",
+    "FHIR_LEUKO_PUBLIC_BASE_URL",
+)
+
+
+def _run_serve(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, object]:
+    """``fhir-leuko serve ARGV`` with uvicorn.run captured instead of started."""
+    import uvicorn
+
+    from fhir_leuko import cli
+
+    for name in [k for k in os.environ if k.startswith("FHIR_LEUKO_")] + list(_SERVE_ENV):
+        monkeypatch.delenv(name, raising=False)  # restored after the test, whatever serve sets
+    captured: dict[str, object] = {}
+
+    def fake_run(app: object, **kwargs: object) -> None:
+        captured.update(kwargs, app=app)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(logs, "configure", logs.log_config)  # leave this process's logging be
+    assert cli.main(["serve", *argv]) == 0
+    return captured
+
+
+def test_workers_flag_reaches_the_worker_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker process loads its settings from the environment: with --workers 2 they
+    must know there are two, or each would keep its own JWT replay cache (a token replayed
+    to the other process would pass)."""
+    from fhir_leuko.config import load_settings
+
+    run = _run_serve(monkeypatch, "--workers", "2", "--port", "9123")
+    assert run["workers"] == 2 and run["port"] == 9123
+    child = load_settings().service  # what create_app_from_environment sees
+    assert child.workers == 2
+    assert child.port == 9123
+    assert child.public_base_url == "http://127.0.0.1:9123"
+
+
+def test_public_url_follows_the_port_unless_configured(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fhir_leuko.config import load_settings
+
+    assert load_settings(env={}).service.public_base_url == "http://127.0.0.1:8080"
+    env = {"FHIR_LEUKO_PORT": "9000", "FHIR_LEUKO_HOST": "::1"}
+    assert load_settings(env=env).service.public_base_url == "http://[::1]:9000"
+    env["FHIR_LEUKO_PUBLIC_BASE_URL"] = "https://cds.example.org"
+    settings = load_settings(env=env)
+    assert settings.service.public_base_url == "https://cds.example.org"
+    assert settings.origins["service.public_base_url"] == "environment"
+    # A --port flag moves the derived URL (JWT aud), never a configured one.
+    with caplog.at_level(logging.WARNING, logger="fhir_leuko"):
+        run = _run_serve(monkeypatch, "--port", "9124", "--insecure-dev")
+    assert run["port"] == 9124
+    assert "anyone who can reach http://127.0.0.1:9124 " in caplog.text  # the app's own URL
