@@ -165,8 +165,8 @@ def _serve(args: argparse.Namespace) -> int:
         # No public URL configured: JWT aud is this process's own URL, with the flags' port.
         svc = dataclasses.replace(svc, public_base_url=local_base_url(host, port))
         settings = dataclasses.replace(settings, service=svc)
-    log_config = logs.configure(svc.log_level)
     level = logs.check_level(svc.log_level)
+    log_config = logs.configure(level)
     if workers > 1:
         # Each process builds its own app from the environment: pass what the flags said.
         # WORKERS matters for safety: with more than one process the JWT replay cache must be

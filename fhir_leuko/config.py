@@ -193,6 +193,14 @@ def _apply(
     return dataclasses.replace(obj, **changes) if changes else obj
 
 
+DERIVED_BASE_URL = "derived from host and port"
+
+
+def local_base_url(host: str, port: int) -> str:
+    """``http://<host>:<port>``: the public URL when none is configured (no proxy in front)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -275,14 +283,6 @@ def load_settings(
         endpoints[name] = _apply(base, rest, "environment", f"endpoints.{name}", origins)
     _check(thresholds)
     return Settings(thresholds, service, issuers, endpoints, origins)
-
-
-DERIVED_BASE_URL = "derived from host and port"
-
-
-def local_base_url(host: str, port: int) -> str:
-    """``http://<host>:<port>``: the public URL when none is configured (no proxy in front)."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _check(t: Thresholds) -> None:

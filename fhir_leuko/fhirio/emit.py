@@ -170,13 +170,11 @@ def risk_assessment(a: Assessment) -> JSON:
 
 
 def service_request(
-    a: Assessment,
-    rec: Recommendation,
-    ra: JSON,
-    reasons: list[JSON] | None = None,
-    authored: str | None = None,
+    a: Assessment, rec: Recommendation, ra: JSON, reasons: list[JSON], authored: str
 ) -> JSON:
-    """A proposed order; ``reasons`` and ``authored`` may be passed when already built."""
+    """A proposed order; ``reasons`` (the finding concepts) and ``authored`` (the instant of
+    ``a.now``) are the same for every order of one assessment, so :func:`resources` builds
+    them once."""
     ident = service_request_identifier(a, rec)
     coding = [
         {"system": s, "code": c, "display": d} for s, c, d in codes.ACTION_CODINGS[rec.action]
@@ -206,11 +204,11 @@ def service_request(
         "code": {"coding": coding, "text": codes.ACTION_DISPLAY[rec.action]},
         "subject": subject_of(a),
         "occurrencePeriod": period,
-        "authoredOn": authored or instant(a.now),
+        "authoredOn": authored,
         "performerType": {"text": "Haematology"}
         if rec.action is Action.HAEMATOLOGY_REFERRAL
         else None,
-        "reasonCode": reasons if reasons is not None else [finding_concept(f) for f in a.findings],
+        "reasonCode": reasons,
         "reasonReference": [{"reference": r} for r in index_refs] or None,
         "supportingInfo": [reference_to(ra)],
         "note": [{"text": f"{rec.reason} [{rec.source}]" + (" Optional." if rec.optional else "")}],
