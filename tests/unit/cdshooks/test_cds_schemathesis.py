@@ -24,7 +24,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: 
 from fhir_leuko.app import create_app  # noqa: E402
 from fhir_leuko.config import ServiceSettings, Settings  # noqa: E402
 
-_DB = Path(tempfile.mkdtemp(prefix="fhir-leuko-schemathesis-")) / "feedback.sqlite3"
+# Removed when the test process exits (the app is built at import, for parametrize).
+_TMP = tempfile.TemporaryDirectory(prefix="fhir-leuko-schemathesis-")
+_DB = Path(_TMP.name) / "feedback.sqlite3"
 APP = create_app(Settings(service=ServiceSettings(insecure_dev=True, feedback_db=str(_DB))))
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
