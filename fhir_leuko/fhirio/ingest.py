@@ -80,7 +80,11 @@ def _collect(doc: Any, out: list[JSON], depth: int) -> None:
         raise InputError("Bundles are nested more than 4 levels deep")
     if isinstance(doc, list):
         for item in doc:
-            if item is not None:
+            # A plain resource is kept here; Bundles and anything odd take the full path.
+            rt = item.get("resourceType") if isinstance(item, dict) else None
+            if isinstance(rt, str) and rt != "Bundle" and depth < 4:
+                out.append(item)
+            elif item is not None:
                 _collect(item, out, depth + 1)
         return
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
