@@ -27,6 +27,7 @@ from typing import Any
 
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import ConfigError
+from fhir_leuko.logs import check_level
 
 ENV_PREFIX = "FHIR_LEUKO_"
 THRESHOLD_ENV_PREFIX = "FHIR_LEUKO_T_"
@@ -239,6 +240,7 @@ def load_settings(
         if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() in s_names
     }
     service = _apply(service, s_env, "environment", "service", origins)
+    check_level(service.log_level)
     if not service.public_base_url:
         service = dataclasses.replace(
             service, public_base_url=local_base_url(service.host, service.port)

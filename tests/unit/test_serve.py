@@ -211,3 +211,10 @@ def test_public_url_follows_the_port_unless_configured(
         run = _run_serve(monkeypatch, "--port", "9124", "--insecure-dev")
     assert run["port"] == 9124
     assert "anyone who can reach http://127.0.0.1:9124 " in caplog.text  # the app's own URL
+
+
+def test_an_unknown_log_level_is_refused_when_settings_load() -> None:
+    from fhir_leuko.config import load_settings
+
+    with pytest.raises(ConfigError, match="log_level must be one of"):
+        load_settings(env={"FHIR_LEUKO_LOG_LEVEL": "loud"})
