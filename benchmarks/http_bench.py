@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from fastapi import Request, Response
@@ -145,32 +145,108 @@ class Run:
         return data[min(len(data) - 1, int(round(q / 100 * (len(data) - 1))))]
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection sending the same request again as soon as an answer is in.
+
+    A bare protocol, not asyncio streams: the load generator shares the two cores with the
+    server, and streams cost a future and a coroutine switch per read (measured: the stream
+    client took 12-13 % of the cores at 1,000 requests/s).
+    """
+
+    def __init__(self, request: bytes, state: _LoadState) -> None:
+        self.request = request
+        self.state = state
+        self.buffer = bytearray()
+        self.need: int | None = None  # bytes of the answer in progress, once its head is in
+        self.status = 0
+        self.started = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A cast, not an isinstance check: uvloop's TCP transport is not an asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.send()
+
+    def send(self) -> None:
+        if not self.state.take():
+            self.state.finished(self)
+            return
+        self.started = time.perf_counter()
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.need is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end])
+            self.status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            self.need = end + 4 + length
+        if len(self.buffer) >= self.need:
+            del self.buffer[: self.need]
+            self.need = None
+            self.state.record(self.status, (time.perf_counter() - self.started) * 1000)
+            self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.finished(self, lost=self.need is not None or exc is not None)
+
+
+class _LoadState:
+    """What the connections of one run share: the budget, the results, the end."""
+
+    def __init__(self, count: int | None, seconds: float, connections: int) -> None:
+        self.count = count
+        self.stop_at = time.perf_counter() + seconds
+        self.sent = 0
+        self.errors = 0
+        self.latencies: list[float] = []
+        self.open = connections
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def take(self) -> bool:
+        if time.perf_counter() >= self.stop_at or (
+            self.count is not None and self.sent >= self.count
+        ):
+            return False
+        self.sent += 1
+        return True
+
+    def record(self, status: int, latency_ms: float) -> None:
+        self.latencies.append(latency_ms)
+        if status != 200:
+            self.errors += 1
+
+    def finished(self, conn: _Connection, lost: bool = False) -> None:
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.close()
+            return  # connection_lost comes next and counts it
+        if lost:
+            self.errors += 1
+        self.open -= 1
+        if self.open == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
 async def load(
     port: int, request: bytes, *, concurrency: int, count: int | None, seconds: float | None
 ) -> Run:
     """``concurrency`` connections sending ``request`` until ``count`` or ``seconds`` runs out."""
-    latencies: list[float] = []
-    errors = 0
-    sent = 0
-    stop_at = time.perf_counter() + (seconds if seconds is not None else 600.0)
-
-    async def worker() -> None:
-        nonlocal errors, sent
-        reader, writer = await connect(port)
-        try:
-            while time.perf_counter() < stop_at and (count is None or sent < count):
-                sent += 1
-                t0 = time.perf_counter()
-                status, _ = await exchange(reader, writer, request)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                if status != 200:
-                    errors += 1
-        finally:
-            writer.close()
-
+    loop = asyncio.get_running_loop()
+    state = _LoadState(count, seconds if seconds is not None else 600.0, concurrency)
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Run(latencies, errors, time.perf_counter() - started)
+    for _ in range(concurrency):
+        await loop.create_connection(lambda: _Connection(request, state), HOST, port)
+    await state.done
+    return Run(state.latencies, state.errors, time.perf_counter() - started)
 
 
 def free_port() -> int:
