@@ -14,8 +14,9 @@ Targets (issue "CDS Hooks 2.0 service"): service p99 <= 2x the no-op p99; >= 1,0
 with the 60-Observation prefetch on 2 cores. Every prefetch key is supplied, so no FHIR
 server is called; the JWT check is off (``insecure_dev``) because a client signing a fresh
 token per request would measure the client. The load generator is a minimal keep-alive
-HTTP/1.1 client on asyncio streams, so that it takes little of the two cores it shares with
-the server. Traffic goes to loopback only, and every loop is bounded in count and time.
+HTTP/1.1 client (a bare asyncio protocol per connection), so that it takes little of the two
+cores it shares with the server. Traffic goes to loopback only, and every loop is bounded in
+count and time.
 
 Run: ``.venv/bin/python benchmarks/http_bench.py [--workers 2] [--duration 10]``.
 """
