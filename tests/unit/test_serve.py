@@ -78,27 +78,27 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield from _serve(tmp_path)
 
 
-def _readme_request() -> bytes:
-    """The README's curl body: the fixture with its results moved to yesterday."""
+def _readme_call(base: str) -> httpx.Response:
+    """The README's curl call: the fixture with its results moved to yesterday."""
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
-    return REQUEST.read_text().replace("2026-03-09", yesterday).encode()
+    return httpx.post(
+        f"{base}/cds-services/leukopenia-patient-view",
+        content=REQUEST.read_text().replace("2026-03-09", yesterday).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+        trust_env=False,
+    )
 
 
 def test_serve_answers_the_readme_call_and_logs_it_without_patient_data(
     served: tuple[str, Path],
 ) -> None:
     base, log = served
-    answer = httpx.post(
-        f"{base}/cds-services/leukopenia-patient-view",
-        content=_readme_request(),
-        headers={"Content-Type": "application/json"},
-        timeout=10,
-        trust_env=False,
-    )
+    answer = _readme_call(base)
     assert answer.status_code == 200
     [card] = answer.json()["cards"]
     assert card["indicator"] == "critical"
-    time.sleep(0.2)  # the log line is written before the answer; let the file catch up
+    # The server writes (and flushes) the line before it sends the answer.
     text = log.read_text()
     assert "INSECURE DEV MODE" in text
     line = re.search(
@@ -116,15 +116,8 @@ def test_serve_answers_the_readme_call_and_logs_it_without_patient_data(
 
 def test_log_level_setting_silences_the_per_call_line(tmp_path: Path) -> None:
     for base, log in _serve(tmp_path, FHIR_LEUKO_LOG_LEVEL="warning"):
-        answer = httpx.post(
-            f"{base}/cds-services/leukopenia-patient-view",
-            content=_readme_request(),
-            headers={"Content-Type": "application/json"},
-            timeout=10,
-            trust_env=False,
-        )
+        answer = _readme_call(base)
         assert answer.status_code == 200
-        time.sleep(0.2)
         text = log.read_text()
         assert "INSECURE DEV MODE" in text  # warnings still show
         assert "cds leukopenia-patient-view" not in text
