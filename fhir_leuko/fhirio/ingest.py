@@ -700,12 +700,13 @@ def _number(raw: Any) -> float | None:
     kind = type(raw)
     if kind is float:  # the usual case first (orjson gives exact types; bool is not int here)
         v = raw
-    elif kind is int:
-        v = float(raw)
     elif isinstance(raw, bool):
         return None
     elif isinstance(raw, int | float):
-        v = float(raw)
+        try:
+            v = float(raw)
+        except OverflowError:  # an int beyond any float (parsed JSON cannot hold one)
+            return None
     elif isinstance(raw, str):
         try:
             # No comma handling: "3,400" (thousands) and "3,4" (decimal) cannot be told apart.

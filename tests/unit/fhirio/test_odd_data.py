@@ -17,6 +17,7 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(10**6), 10**6),
+    st.integers(),  # also beyond any float (a Python caller can pass one)
     st.floats(allow_nan=True),
     st.text(max_size=12),
     st.sampled_from(["final", "amended", "10*3/uL", "2026-03-10", "Cel"]),
@@ -106,3 +107,8 @@ def test_mangled_context_resources_never_crash(rt: str, fields: dict[str, Any]) 
     res = {"resourceType": rt, **fields}
     with contextlib.suppress(InputError):
         evaluate(bundle(patient(), cbc(3.0, 1.2), res), now=NOW)
+
+
+def test_an_integer_beyond_any_float_is_not_a_number_and_not_a_crash() -> None:
+    a = evaluate(bundle(patient(), cbc(1.0, 0.4), obs("6690-2", 10**400, oid="huge")), now=NOW)
+    assert any(i.code == "unparseable-value" and i.ref == "Observation/huge" for i in a.issues)
