@@ -4,6 +4,7 @@ data."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +33,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(tmp_path: Path, **env: str) -> Iterator[tuple[str, Path]]:
+def _serve(tmp_path: Path, *argv: str, **env: str) -> Iterator[tuple[str, Path]]:
     port = _free_port()
     log = tmp_path / "serve.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_LEUKO_")} | {
@@ -43,7 +45,7 @@ def _serve(tmp_path: Path, **env: str) -> Iterator[tuple[str, Path]]:
     }
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fhir_leuko", "serve"],
+            [sys.executable, "-m", "fhir_leuko", "serve", *argv],
             cwd=tmp_path,  # the SQLite files land here
             env=environ,
             stdout=err,
@@ -56,7 +58,8 @@ def _serve(tmp_path: Path, **env: str) -> Iterator[tuple[str, Path]]:
             if proc.poll() is not None:
                 pytest.fail(f"serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{base}/cds-services", timeout=1, trust_env=False).is_success:
+                # Any answer will do: discovery may rightly want a JWT (401).
+                if httpx.get(f"{base}/cds-services", timeout=1, trust_env=False).status_code < 500:
                     break
             except httpx.TransportError:
                 pass
@@ -211,3 +214,42 @@ def test_an_unknown_log_level_is_refused_when_settings_load() -> None:
 
     with pytest.raises(ConfigError, match="log_level must be one of"):
         load_settings(env={"FHIR_LEUKO_LOG_LEVEL": "loud"})
+
+
+def test_a_token_replayed_to_another_worker_process_is_refused(tmp_path: Path) -> None:
+    """``serve --workers 2`` with a trusted issuer: each token is accepted once, whichever
+    process a new connection reaches; every replay gets 401. (Each call opens a new
+    connection, so the kernel spreads them over both processes; a replay cache per process
+    would let a replay through as soon as one reaches the other process.)"""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    iss = "https://ehr.example.org/fhir"
+    (tmp_path / "leuko.toml").write_text(
+        f'[issuers."{iss}"]\njwks_file = "{tmp_path / "jwks.json"}"\n'
+    )
+    env = {"FHIR_LEUKO_INSECURE_DEV": "0"}
+    for base, _log in _serve(tmp_path, "--workers", "2", "--config", "leuko.toml", **env):
+        answers: list[tuple[int, ...]] = []
+        for _ in range(8):
+            now = int(time.time())
+            claims = {"iss": iss, "aud": f"{base}/cds-services", "iat": now, "exp": now + 300}
+            token = jwt.encode(
+                {**claims, "jti": str(uuid.uuid4())}, key, algorithm="RS384", headers={"kid": "k1"}
+            )
+            answers.append(
+                tuple(
+                    httpx.get(
+                        f"{base}/cds-services",
+                        headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+                        timeout=10,
+                        trust_env=False,
+                    ).status_code
+                    for _ in range(4)
+                )
+            )
+        assert answers == [(200, 401, 401, 401)] * 8
