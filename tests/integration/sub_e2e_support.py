@@ -95,7 +95,10 @@ def instant(dt: datetime) -> str:
     return dt.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def observation(patient: str, code: str, value: float, when: datetime) -> JSON:
+def observation(
+    patient: str, code: str, value: float, when: datetime | str, unit: str = "10*3/uL"
+) -> JSON:
+    """A final lab Observation; ``when`` a datetime (sent as an instant) or a FHIR dateTime."""
     return {
         "resourceType": "Observation",
         "status": "final",
@@ -111,12 +114,12 @@ def observation(patient: str, code: str, value: float, when: datetime) -> JSON:
         ],
         "code": {"coding": [{"system": LOINC, "code": code}]},
         "subject": {"reference": f"Patient/{patient}"},
-        "effectiveDateTime": instant(when),
+        "effectiveDateTime": when if isinstance(when, str) else instant(when),
         "valueQuantity": {
             "value": value,
-            "unit": "10*3/uL",
+            "unit": unit,
             "system": "http://unitsofmeasure.org",
-            "code": "10*3/uL",
+            "code": unit,
         },
     }
 

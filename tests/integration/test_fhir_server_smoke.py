@@ -7,11 +7,11 @@ ask, next links are followed, conditional transactions are idempotent, errors ar
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 from fhirserver.harness import fhir_server, fresh_fhir_server  # noqa: F401
+from sub_e2e_support import observation
 
 from fhir_leuko.errors import FatalFhirServerError
 from fhir_leuko.fhirio.client import AsyncFhirClient, FhirClient
@@ -36,38 +36,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def observation(patient_id: str, code: str, value: float, unit: str, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC, "code": code}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "effectiveDateTime": when,
-        "valueQuantity": {
-            "value": value,
-            "unit": unit,
-            "system": "http://unitsofmeasure.org",
-            "code": unit,
-        },
-    }
-
-
 def test_search_sorts_newest_first_and_follows_next_links(client: FhirClient) -> None:
     patient = client.create({"resourceType": "Patient", "name": [{"family": "Testpatient"}]})
     draws = ["2026-02-01T08:00:00Z", "2026-02-03T08:00:00Z", "2026-02-05T08:00:00Z"]
     for when in draws:
-        client.create(observation(patient["id"], WBC, 3.1, "10*3/uL", when))
-        client.create(observation(patient["id"], ANC, 1.2, "10*3/uL", when))
+        client.create(observation(patient["id"], WBC, 3.1, when))
+        client.create(observation(patient["id"], ANC, 1.2, when))
     params = {
         "patient": patient["id"],
         "code": f"{LOINC}|{WBC},{LOINC}|{ANC}",
@@ -89,7 +63,7 @@ def test_search_sorts_newest_first_and_follows_next_links(client: FhirClient) ->
 def test_search_limit_stops_paging_early(client: FhirClient) -> None:
     patient = client.create({"resourceType": "Patient"})
     for day in range(1, 6):
-        client.create(observation(patient["id"], WBC, 3.0, "10*3/uL", f"2026-03-0{day}"))
+        client.create(observation(patient["id"], WBC, 3.0, f"2026-03-0{day}"))
 
     latest = client.search(
         "Observation", {"patient": patient["id"], "_sort": "-date", "_count": 2}, limit=3
@@ -225,7 +199,7 @@ async def test_async_client_pages_the_same_way(fresh_fhir_server: str) -> None: 
     ):
         patient = await client.create({"resourceType": "Patient"})
         for day in range(1, 6):
-            await client.create(observation(patient["id"], ANC, 0.9, "10*3/uL", f"2026-04-0{day}"))
+            await client.create(observation(patient["id"], ANC, 0.9, f"2026-04-0{day}"))
 
         found = await client.search(
             "Observation", {"patient": patient["id"], "_sort": "-date", "_count": 2}
