@@ -166,7 +166,14 @@ def _serve(args: argparse.Namespace) -> int:
         svc = dataclasses.replace(svc, public_base_url=local_base_url(host, port))
         settings = dataclasses.replace(settings, service=svc)
     level = logs.check_level(svc.log_level)
-    log_config = logs.configure(level)
+    # The service logs one line per call itself (docs/cds-hooks.md, "Logs"): no access log.
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": logs.configure(level),
+        "log_level": level,
+        "access_log": False,
+    }
     if workers > 1:
         # Each process builds its own app from the environment: pass what the flags said.
         # WORKERS matters for safety: with more than one process the JWT replay cache must be
@@ -181,24 +188,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["FHIR_LEUKO_PUBLIC_BASE_URL"] = svc.public_base_url
         create_app(settings)  # fail here, once, on a bad configuration
         uvicorn.run(
-            "fhir_leuko.app:create_app_from_environment",
-            factory=True,
-            workers=workers,
-            host=host,
-            port=port,
-            log_config=log_config,
-            log_level=level,
-            access_log=False,
+            "fhir_leuko.app:create_app_from_environment", factory=True, workers=workers, **common
         )
         return 0
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=log_config,
-        log_level=level,
-        access_log=False,
-    )
+    uvicorn.run(create_app(settings), **common)
     return 0
 
 
