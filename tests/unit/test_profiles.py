@@ -16,50 +16,19 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_leuko.fhirio.profiles import PROFILES_DIR, codes_of
+from tests.oracles import (
+    ACTION_SYSTEM,
+    BASE,
+    EXPECTED_ACTIONS,
+    EXPECTED_FINDINGS,
+    FINDING_SYSTEM,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
-BASE = "http://fhir-leuko.org/fhir"
-FINDING_SYSTEM = f"{BASE}/CodeSystem/leukopenia-finding"
-ACTION_SYSTEM = f"{BASE}/CodeSystem/leukopenia-action"
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
-EXPECTED_FINDINGS = frozenset(
-    {
-        "leukopenia",
-        "neutropenia-mild",
-        "neutropenia-moderate",
-        "neutropenia-severe",
-        "neutropenia-profound",
-        "neutropenia-unknown",
-        "febrile-neutropenia",
-        "fever",
-        "wbc-below-3",
-        "bicytopenia",
-        "pancytopenia",
-        "macrocytosis",
-        "progressive-decline",
-        "stable",
-        "persistent",
-        "high-risk-medication",
-        "duffy-null",
-        "preliminary-data",
-        "paediatric-limits",
-        "anaemia",
-        "thrombocytopenia",
-    }
-)
-EXPECTED_ACTIONS = frozenset(
-    {
-        "repeat-cbc",
-        "vitamin-b12",
-        "folate",
-        "peripheral-smear",
-        "haematology-referral",
-        "urgent-evaluation",
-    }
-)
 #: Analyte groups of codes.md "LOINC codes read" -> ValueSet id suffix.
 CBC_GROUPS = (
     "wbc",

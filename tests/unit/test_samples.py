@@ -27,24 +27,13 @@ from fhir_leuko.cli import main as cli_main
 from fhir_leuko.clinical.model import Assessment
 from fhir_leuko.fhirio import emit
 from fhir_leuko.service import evaluate
+from tests.oracles import ACTION_SYSTEM, EXPECTED_ACTIONS, FINDING_SYSTEM, RISK_SYSTEM
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 MANIFEST = json.loads((SAMPLES / "expectations.json").read_text())
 NOW_TEXT: str = MANIFEST["evaluation_time"]
 NOW = datetime.fromisoformat(NOW_TEXT.replace("Z", "+00:00"))
 EXPECTED: dict[str, dict[str, Any]] = MANIFEST["samples"]
-
-FINDING_SYSTEM = "http://fhir-leuko.org/fhir/CodeSystem/leukopenia-finding"
-ACTION_SYSTEM = "http://fhir-leuko.org/fhir/CodeSystem/leukopenia-action"
-RISK_SYSTEM = "http://terminology.hl7.org/CodeSystem/risk-probability"
-ACTIONS = {
-    "repeat-cbc",
-    "vitamin-b12",
-    "folate",
-    "peripheral-smear",
-    "haematology-referral",
-    "urgent-evaluation",
-}
 
 JSON = dict[str, Any]
 
@@ -213,7 +202,7 @@ def test_expectations_name_only_known_actions() -> None:
     for name, exp in EXPECTED.items():
         proposed = {p["action"] for p in exp["actions_proposed"]}
         absent = set(exp["actions_absent"])
-        assert proposed | absent <= ACTIONS, name
+        assert proposed | absent <= EXPECTED_ACTIONS, name
         assert not proposed & absent, name
 
 
