@@ -9,7 +9,14 @@ import pytest
 from cds_conformance import assert_conformant
 from fastapi.testclient import TestClient
 
-from benchmarks.http_bench import NOOP_PATH, PARSE_PATH, SERVICE_PATH, bench_app, hook_body
+from benchmarks.http_bench import (
+    NOOP_PATH,
+    PARSE_PATH,
+    SERVICE_PATH,
+    bench_app,
+    hook_body,
+    host_steal,
+)
 
 
 @pytest.mark.parametrize("n", [60, 1200])
@@ -28,3 +35,14 @@ def test_benchmark_request_gets_cards_and_the_no_ops_answer(
         for path in (NOOP_PATH, PARSE_PATH):
             r = client.post(path, content=body, headers=headers)
             assert (r.status_code, orjson.loads(r.content)) == (200, {"cards": []})
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="steal is read from Linux /proc/stat")
+def test_host_steal_counts_forward_and_within_the_machine_total() -> None:
+    steal_0, all_0 = host_steal()
+    sum(i * i for i in range(200_000))  # let the clock tick
+    steal_1, all_1 = host_steal()
+    assert all_0 > 0
+    assert 0 <= steal_0 <= all_0
+    assert steal_1 >= steal_0
+    assert all_1 >= all_0
