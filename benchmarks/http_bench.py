@@ -52,6 +52,9 @@ NOOP_PATH = "/bench/noop"
 PARSE_PATH = "/bench/parse"  # a no-op that also parses the JSON: the floor of any JSON service
 ENDPOINTS = (("no-op", NOOP_PATH), ("parse-only", PARSE_PATH), ("service", SERVICE_PATH))
 SERVER_LOG = Path(os.environ.get("BENCH_SERVER_LOG", "/tmp/fhir-leuko-bench-server.log"))
+#: docs/cds-hooks.md "Speed", after the spec's "on the order of 500 ms": what the clinician's
+#: EHR waits for, prefetch supplied.
+P95_BUDGET_MS = 500.0
 OPTIONAL_KEYS = ("temperatures", "vitaminLevels", "medications", "conditions", "openOrders")
 
 
@@ -450,8 +453,7 @@ async def main_async(args: argparse.Namespace, port: int, pids: list[int]) -> in
             print(
                 f"{n:>10} {name:>10} {len(run.latencies_ms):>9} {run.rps:>8.0f} "
                 f"{run.pct(50):>8.2f} {run.pct(95):>8.2f} {run.pct(99):>8.2f} {run.errors:>6} "
-                f"{cpu_ms:>10.2f} "
-                f"{capacity:>10.0f} {client_pct:>9.0f}% {steal_pct:>5.0f}%"
+                f"{cpu_ms:>10.2f} {capacity:>10.0f} {client_pct:>9.0f}% {steal_pct:>5.0f}%"
             )
     hooks_60 = rps[60, "service"]
     verdict = "meets" if hooks_60 >= 1000 else "MISSES"
@@ -466,11 +468,13 @@ async def main_async(args: argparse.Namespace, port: int, pids: list[int]) -> in
         f"{hooks_60 / rps[60, 'parse-only']:.2f} (60 Observations), "
         f"{rps[1200, 'service'] / rps[1200, 'parse-only']:.2f} (1,200 Observations)"
     )
-    # docs/cds-hooks.md "Speed", after the spec's "on the order of 500 ms": what the
-    # clinician's EHR waits for, prefetch supplied.
-    print("\n3. service p95 against the budget of docs/cds-hooks.md (p95 < 500 ms with prefetch)")
+    print(
+        f"\n3. service p95 against the budget of docs/cds-hooks.md "
+        f"(p95 < {P95_BUDGET_MS:g} ms with prefetch)"
+    )
     for where, p95 in service_p95.items():
-        print(f"   {where:>38}: p95 {p95:8.2f} ms ({'meets' if p95 < 500 else 'MISSES'})")
+        verdict = "meets" if p95 < P95_BUDGET_MS else "MISSES"
+        print(f"   {where:>38}: p95 {p95:8.2f} ms ({verdict})")
     return 0
 
 
