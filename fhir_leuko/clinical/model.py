@@ -172,6 +172,21 @@ def num(v: float) -> str:
     return s + "0" if s.endswith(".") else s
 
 
+#: A comparator value ("<0.1") is read as a quantity just beside its bound (clinical-rules.md
+#: 1.7: "<0.1" is just below 0.1): far below any rounding a clinician reads, so the bound is
+#: what every text shows, while every "< threshold" test treats "<0.1" as below 0.1.
+COMPARATOR_EPSILON = 1e-9
+
+
+def comparator_value(bound: float, comparator: str | None) -> float:
+    """The number a comparator quantity stands for: '<' just below, '>' just above."""
+    if comparator == "<":
+        return bound - COMPARATOR_EPSILON
+    if comparator == ">":
+        return bound + COMPARATOR_EPSILON
+    return bound
+
+
 class Result(NamedTuple):
     """One lab or vital-sign value, already in the canonical unit of its analyte.
 
@@ -180,25 +195,32 @@ class Result(NamedTuple):
     """
 
     analyte: Analyte
-    value: float
+    value: float  # for a comparator quantity, comparator_value(bound, comparator)
     time: datetime  # timezone-aware
     ref: str  # "Observation/<id>" (or the entry's fullUrl when the resource has no id)
     status: str = "final"
     ref_low: float | None = None  # referenceRange.low, canonical unit
     draw_id: str | None = None  # specimen or DiagnosticReport reference shared by one draw
+    comparator: str | None = None  # "<", "<=", ">", ">=" when the lab sent one (1.7)
 
     @property
     def preliminary(self) -> bool:
         return self.status == "preliminary"
 
+    @property
+    def shown(self) -> str:
+        """The value as a clinician reads it: '<0.1', '1.2'."""
+        return f"{self.comparator or ''}{num(self.value)}"
+
 
 @dataclass(frozen=True, slots=True)
 class Medication:
-    """An active medication known to lower white cells (codes.md high-risk list)."""
+    """An active medication known to lower white cells (the high-risk list)."""
 
     name: str  # ingredient name, lower case
     ref: str
     matched_by: str  # e.g. "RxNorm ingredient 2626" or "name 'clozapine' in the text"
+    antineoplastic: bool = False  # cytotoxic chemotherapy (ATC L01): chemotherapy context
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +228,8 @@ class ClinicalCondition:
     """A recorded condition that explains or modifies a low count."""
 
     kind: str  # sle, rheumatoid-arthritis, viral-infection, hiv, hypersplenism, chemotherapy,
-    #            alcohol-use, duffy-null
+    #            alcohol-use, duffy-null, pregnancy, red-flag (display names which: splenomegaly,
+    #            hepatomegaly, lymphadenopathy, weight loss, bleeding, recurrent infections)
     display: str
     ref: str
     matched_by: str
@@ -230,6 +253,11 @@ class DataIssue:
     message: str  # one sentence naming the resource and what is wrong
     ref: str | None = None
     severity: str = "warning"  # OperationOutcome severity: information | warning | error
+    # For a lab result that could not be used (or was read from text): what it measured and
+    # its value as sent (e.g. "0.3 xyz", "<0.1"), so that the output can name an unusable
+    # critical value instead of calling the count normal (clinical-rules.md 1.8).
+    analyte: Analyte | None = None
+    sent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
