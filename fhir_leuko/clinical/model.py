@@ -164,12 +164,41 @@ ACTION_LABEL: Mapping[Action, str] = {
 }
 
 
+class Row(StrEnum):
+    """The rows of the decision table (section 3), as the rules page anchors them (row-1b)."""
+
+    FEBRILE_NEUTROPENIA = "1"
+    PRESUMED_FEBRILE_NEUTROPENIA = "1b"
+    SEVERE_AFEBRILE = "2"
+    PANCYTOPENIA = "3"
+    MODERATE_NEUTROPENIA = "4"
+    DUFFY_NULL = "5"
+    LOW_WITH_FEVER = "6"
+    LOW_WITH_CONCERN = "7"
+    PERSISTENT_NEUTROPENIA = "8"
+    STABLE_CHRONIC_LEUKOPENIA = "9"
+    LOW_OTHERWISE = "10"
+    ANC_UNKNOWN_NORMAL_WBC = "11"
+    NORMAL = "12"
+    # Decision table 1.8: CBC results were given but none could be used.
+    NOT_ASSESSABLE = "not-assessable"
+
+
+#: How counts are written for clinicians (10^9/L = 10^3/uL).
+COUNT_UNIT = "×10⁹/L"
+
+
 def num(v: float) -> str:
-    """A count for clinicians: 4 -> '4.0', 1.207 -> '1.207', 150 -> '150'."""
+    """The one number formatter of all output: 4 -> '4.0', 1.207 -> '1.207', 150 -> '150'."""
     if abs(v) >= 100:
         return f"{v:.0f}"
     s = f"{v:.3f}".rstrip("0")
     return s + "0" if s.endswith(".") else s
+
+
+def when(dt: datetime) -> str:
+    """The one time formatter of all output: '2026-03-10 09:00 UTC' (in the stamp's zone)."""
+    return dt.strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 #: A comparator value ("<0.1") is read as a quantity just beside its bound (clinical-rules.md
@@ -329,8 +358,8 @@ class Assessment:
     patient_id: str | None
     now: datetime
     risk: Risk
-    row: int  # decision-table row of clinical-rules.md section 3 (12 = normal)
-    headline: str  # one sentence, < 140 characters
+    row: Row  # the first matching row of the decision table (section 3)
+    headline: str  # one sentence: the most dangerous value first
     grade: NeutropeniaGrade
     index_draw: Draw | None
     wbc: float | None
@@ -350,11 +379,19 @@ class Assessment:
     # The grade the decision used: ``grade``, or when the ANC is unknown the grade a low WBC
     # proves (ANC <= WBC of the same draw).
     decision_grade: NeutropeniaGrade = NeutropeniaGrade.UNKNOWN
+    # CBC values that were sent but could not be used (unknown unit, unreadable text, no
+    # time, stamped > 24 h ahead): named in the output, never hidden under a normal headline.
+    unusable: tuple[DataIssue, ...] = ()
 
     @property
     def actionable(self) -> bool:
-        """False for a normal CBC: nothing is emitted and no card is shown."""
-        return self.risk is not Risk.NEGLIGIBLE
+        """False for a normal CBC with nothing unusable: nothing is emitted, no card shown."""
+        return self.risk is not Risk.NEGLIGIBLE or bool(self.unusable) or not self.assessable
+
+    @property
+    def assessable(self) -> bool:
+        """False when CBC results were given but none could be used (decision table 1.8)."""
+        return self.row is not Row.NOT_ASSESSABLE
 
     @property
     def finding_codes(self) -> tuple[str, ...]:

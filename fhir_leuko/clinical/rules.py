@@ -1,19 +1,32 @@
-"""The leukopenia / neutropenia decision table (docs/clinical-rules.md sections 2 and 3).
+"""The leukopenia / neutropenia decision table, version 2 (``docs/clinical-rules.md``).
 
 Pure: ``assess(labs, now, thresholds)`` reads plain values and returns an
 :class:`~fhir_leuko.clinical.model.Assessment` with a trace of every rule that fired and its
 source. No FHIR, no HTTP, no clock. Every number comes from ``thresholds.py``.
+
+The code follows the table:
+
+1. cleaning (section 1): which results are used, grouped into draws (``cleaning.py``);
+   future-stamped and preliminary results may raise an assessment, never lower it
+   (:func:`assess`);
+2. findings (section 2): :func:`_findings` builds :class:`Facts`, one field per finding;
+3. the first matching row (section 3): :data:`ROWS`, one small function per row;
+4. the modifiers of section 3a, on top of whatever row matched: :func:`_modifiers`;
+5. the ANC-unknown window rule, in one place: :func:`_anc_unknown_window`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 from fhir_leuko.clinical.cleaning import dedupe, group_draws
 from fhir_leuko.clinical.model import (
     ACTION_LABEL,
+    ANALYTE_LABEL,
+    CBC_ANALYTES,
+    COUNT_UNIT,
     Action,
     Analyte,
     Assessment,
@@ -28,22 +41,48 @@ from fhir_leuko.clinical.model import (
     Recommendation,
     Result,
     Risk,
+    Row,
     RuleHit,
     num,
+    when,
+)
+from fhir_leuko.clinical.references import (
+    ANDERSOHN_2007,
+    ASCO_IDSA_2018,
+    CLOZAPINE_LABEL,
+    CTCAE,
+    DECISION_TABLE,
+    GIBSON_BERLINER_2014,
+    HARRIET_LANE,
+    IDSA_2010,
+    MERZ_2023,
+    NICE_CG151,
+    WHO_2011,
+    cite,
 )
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
-SRC_TABLE = "clinical-rules.md section 3"
-SRC_LLN_CHILD = "paediatric reference ranges (Univ. of Iowa; Pediatrics in Review)"
-SRC_GRADE = "seed 002; seed 000; IDSA 2010 (profound); CTCAE v5 bands"
-SRC_FEVER = "IDSA 2010; CTCAE v5 (more sensitive than seed 002's > 38.5 C)"
-SRC_FN = "seed 002, seed 000; CTCAE v5"
-SRC_CYTOPENIA = "seed 000 (bi- or pancytopenia implies insufficient marrow production); seed 002"
-SRC_MEDS = "seeds 000-004; Andersohn 2007; codes.md high-risk list"
-SRC_DUFFY = "Merz et al. 2023; ASH Choosing Wisely"
-SRC_INFECTION_SIGNS = "seeds 002, 003"
 
-#: Conditions recorded for the patient that can explain a low white count (clinical-rules.md
+def table(section: str) -> str:
+    """A source naming a part of the project's own decision table, e.g. 'row 1b'."""
+    return f"{DECISION_TABLE.short} {section}"
+
+
+SRC_LLN_ADULT = cite(GIBSON_BERLINER_2014)
+SRC_LLN_CHILD = cite(HARRIET_LANE)
+SRC_GRADE = cite(CTCAE, IDSA_2010)
+SRC_FEVER = cite(IDSA_2010, CTCAE)
+SRC_FN = cite(CTCAE, IDSA_2010)
+SRC_PRESUMED_FN = cite(NICE_CG151, ASCO_IDSA_2018)
+SRC_STAT = cite(ASCO_IDSA_2018, IDSA_2010)
+SRC_WORKUP = cite(GIBSON_BERLINER_2014)
+SRC_ANAEMIA = cite(WHO_2011)
+SRC_MEDS = cite(ANDERSOHN_2007, GIBSON_BERLINER_2014)
+SRC_CLOZAPINE = cite(CLOZAPINE_LABEL)
+SRC_DUFFY = cite(MERZ_2023)
+SRC_CHEMO = cite(NICE_CG151, IDSA_2010)
+
+#: Conditions recorded for the patient that can explain a low white count (section 3,
 #: "Always, when anything is found").
 EXPLAINING_CONDITIONS = frozenset(
     {
@@ -58,9 +97,19 @@ EXPLAINING_CONDITIONS = frozenset(
 )
 
 INFECTION_WARNING = (
-    "Tell the patient to seek care at once for fever above 38.0 C, breathing difficulty, "
-    "severe diarrhoea or confusion (seeds 002, 003)."
+    "Tell the patient to seek care at once for fever above 38.0 °C, breathing difficulty, "
+    f"severe diarrhoea or confusion ({cite(GIBSON_BERLINER_2014)})."
 )
+
+_WHITE_ANALYTES = frozenset({Analyte.WBC, Analyte.ANC, Analyte.NEUTROPHIL_PERCENT})
+
+#: Data issues about a result that was still used (so not "unusable", 1.8).
+_USED_ANYWAY = frozenset(
+    {"ignored-status", "conflicting-results", "text-value", "future-time-provisional"}
+)
+
+
+# --- Entry point: provisional data may raise, never lower (1.2, 1.6, 3a) ------------------------
 
 
 def assess(
@@ -68,37 +117,93 @@ def assess(
 ) -> Assessment:
     """Evaluate one patient.
 
-    Preliminary results may raise a safety alert but never suppress one (clinical-rules.md
-    1.2): when the assessment without preliminary results is more serious, that one is kept.
+    Results stamped more than ``future_tolerance_hours`` after ``now`` are not used and are
+    named. Preliminary results and results stamped up to that far ahead are *provisional*:
+    the assessment is made with and without them, and the more serious one is kept, saying
+    why (a provisional result may raise an alert, never suppress one).
     """
-    full = _assess(labs, now, thresholds)
-    if not any(r.preliminary for r in labs.results):
+    t = thresholds
+    horizon = now + timedelta(hours=t.future_tolerance_hours)
+    usable: list[Result] = []
+    unused: list[DataIssue] = []
+    future_issues: list[DataIssue] = []
+    for r in labs.results:
+        if r.time > horizon:
+            unused.append(_future_issue(r, now, used=False))
+        else:
+            if r.time > now:
+                future_issues.append(_future_issue(r, now, used=True))
+            usable.append(r)
+    base = replace(labs, results=tuple(usable), issues=labs.issues + tuple(unused))
+
+    def provisional(r: Result) -> bool:
+        return r.preliminary or r.time > now
+
+    full = _assess(replace(base, issues=base.issues + tuple(future_issues)), now, horizon, t)
+    if not any(provisional(r) for r in usable):
         return full
-    final_only = _assess(
-        replace(labs, results=tuple(r for r in labs.results if not r.preliminary)),
-        now,
-        thresholds,
+    settled = _assess(
+        replace(base, results=tuple(r for r in usable if not provisional(r))), now, now, t
     )
-    if _severity(final_only) > _severity(full):
-        d = full.index_draw
-        seen = ""
-        if d is not None:
-            anc = "unknown" if d.anc is None else num(d.anc)
-            wbc = d.value(Analyte.WBC)
-            seen = f" (drawn {d.time.isoformat()}: WBC {_fmt(wbc)}, ANC {anc})"
+    if _severity(settled) > _severity(full):
+        newer = _provisional_words(full, now)
         text = (
-            f"A newer PRELIMINARY CBC{seen} looks less serious, but preliminary results never "
-            "suppress an alert: this assessment rests on the final results; review it when the "
-            "newer CBC is final"
+            f"A newer {newer} looks less serious, but provisional results never suppress an "
+            "alert: this assessment rests on the settled results; review it when the newer "
+            "results are final and correctly timed"
         )
-        hit = RuleHit("preliminary-cannot-suppress", text, "clinical-rules.md 1.2")
-        finding = Finding("preliminary-data", text, "clinical-rules.md 1.2")
+        hit = RuleHit("provisional-cannot-suppress", text, table("1.2, 1.6"))
         return replace(
-            final_only,
-            trace=final_only.trace + (hit,),
-            findings=final_only.findings + (finding,),
+            settled,
+            trace=settled.trace + (hit,),
+            findings=settled.findings + (Finding("preliminary-data", text, table("1.2, 1.6")),),
+            issues=settled.issues + tuple(future_issues),
+        )
+    if _severity(full) > _severity(settled) and "preliminary-data" not in full.finding_codes:
+        text = (
+            f"Raised by {_provisional_words(full, now)}: provisional results may raise an "
+            "alert; confirm when the results are final and correctly timed"
+        )
+        return replace(
+            full,
+            preliminary=True,
+            findings=full.findings + (Finding("preliminary-data", text, table("1.2, 1.6")),),
+            trace=full.trace + (RuleHit("provisional-raises", text, table("3a")),),
         )
     return full
+
+
+def _future_issue(r: Result, now: datetime, *, used: bool) -> DataIssue:
+    ahead = r.time - now
+    hours = ahead.total_seconds() / 3600
+    span = f"{hours:.0f} h" if hours < 48 else f"{ahead.days} days"
+    label = ANALYTE_LABEL[r.analyte]
+    if used:
+        message = (
+            f"{label} {r.shown} ({r.ref}) is stamped {when(r.time)}, {span} after the "
+            "evaluation time (a clock or time-zone error?): used only where it raises the "
+            "assessment"
+        )
+    else:
+        message = (
+            f"{label} {r.shown} ({r.ref}) is stamped {when(r.time)}, {span} after the "
+            "evaluation time: not used; check its time"
+        )
+    code = "future-time-provisional" if used else "future-time"
+    return DataIssue(code, message, r.ref, "warning", r.analyte, r.shown)
+
+
+def _provisional_words(a: Assessment, now: datetime) -> str:
+    d = a.index_draw
+    if d is None:
+        return "provisional result"
+    kinds = []
+    if d.preliminary:
+        kinds.append("PRELIMINARY")
+    if d.time > now:
+        kinds.append("FUTURE-STAMPED")
+    counts = f"WBC {_fmt(d.value(Analyte.WBC))}, ANC {_fmt(d.anc)}"
+    return f"{' and '.join(kinds) or 'provisional'} CBC ({when(d.time)}: {counts})"
 
 
 def _severity(a: Assessment) -> tuple[int, int]:
@@ -106,7 +211,75 @@ def _severity(a: Assessment) -> tuple[int, int]:
     return (a.risk.rank, top)
 
 
-# ---------------------------------------------------------------------------------------------
+# --- Section 2: findings ---------------------------------------------------------------------
+
+
+@dataclass
+class Facts:
+    """What section 2 found about one patient: one field per finding the rows read."""
+
+    index: Draw
+    draws: list[Draw]
+    trend_draws: list[Draw]
+    child: bool
+    age_text: str
+    wbc: float | None
+    wbc_result: Result | None
+    wbc_lln: float
+    anc_lln: float
+    anc: float | None
+    anc_desc: str
+    grade: NeutropeniaGrade
+    decision_grade: NeutropeniaGrade
+    leukopenia: bool
+    wbc_below_3: bool
+    fever: bool
+    febrile_neutropenia: bool
+    anaemia: bool
+    thrombocytopenia: bool
+    bicytopenia: bool
+    pancytopenia: bool
+    macrocytosis: bool
+    decline: str | None
+    stable: str | None
+    persistent: str | None
+    medications: tuple[Medication, ...]
+    clozapine: bool
+    chemotherapy: tuple[str, ...]  # what puts the patient in a chemotherapy context
+    duffy_null: bool
+    red_flags: tuple[ClinicalCondition, ...]
+    explaining: tuple[ClinicalCondition, ...]
+    recent_viral: bool
+
+    @property
+    def neutropenic(self) -> bool:
+        return self.decision_grade.rank >= NeutropeniaGrade.MILD.rank
+
+    @property
+    def white_line(self) -> bool:
+        return self.leukopenia or self.neutropenic
+
+    @property
+    def anc_unknown(self) -> bool:
+        return self.anc is None
+
+    @property
+    def high_risk_medication(self) -> bool:
+        return bool(self.medications)
+
+    @property
+    def counts(self) -> str:
+        derived = " (derived)" if self.index.anc_derived and self.anc is not None else ""
+        return f"WBC {_fmt(self.wbc)}, ANC {_fmt(self.anc)}{derived}"
+
+    def white_words(self) -> str:
+        neutropenia = self.decision_grade.rank >= NeutropeniaGrade.MILD.rank
+        grade = self.decision_grade.value
+        if self.leukopenia and neutropenia:
+            return f"Leukopenia with {grade} neutropenia"
+        if neutropenia:
+            return f"{grade.capitalize()} neutropenia"
+        return "Leukopenia"
 
 
 @dataclass
@@ -132,67 +305,24 @@ class _Ctx:
 
 
 def _fmt(v: float | None) -> str:
-    return "unknown" if v is None else f"{num(v)}"
+    return "unknown" if v is None else num(v)
 
 
-def _age_years(birth: date, on: date) -> int:
-    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+def _age(birth: date, on: date) -> tuple[int, int]:
+    """(whole years, whole months) of age on a date."""
+    months = (on.year - birth.year) * 12 + on.month - birth.month - (on.day < birth.day)
+    return months // 12, months
 
 
-def _age_days(birth: date, on: date) -> int:
-    return (on - birth).days
-
-
-def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
-    c = _Ctx(labs, now, t, issues=list(labs.issues))
-    results, conflict_issues, clean_trace = dedupe(r for r in labs.results if r.time <= now)
-    c.issues.extend(conflict_issues)
-    c.trace.extend(clean_trace)
-    future = [r for r in labs.results if r.time > now]
-    for r in future:
-        c.issues.append(
-            DataIssue(
-                "future-time",
-                f"{r.ref} has an effective time after the evaluation time; not used",
-                r.ref,
-            )
-        )
-
-    draws = group_draws(results, t)
-    index = _index_draw(draws)
-    if index is None:
-        c.hit("no-index-cbc", "No WBC, ANC or neutrophil % result: nothing to assess.", SRC_TABLE)
-        return _normal(c, draws, None, t.anc_lln_adult, None)
-
+def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Facts:
+    labs, t = c.labs, c.t
     idx_time = index.time
-    c.hit(
-        "index-cbc",
-        f"Index CBC drawn {idx_time.isoformat()} ({', '.join(index.refs)})",
-        "clinical-rules.md 1.4 (most recent draw with WBC, ANC or neutrophil %)",
-    )
-    if index.anc is not None:
-        if index.anc_derived:
-            c.hit(
-                "anc-derived",
-                f"ANC {num(index.anc)} derived as WBC x (neutrophils % + bands %) / 100 "
-                "from the same draw, rounded to 0.01",
-                "clinical-rules.md 1.5",
-            )
-        else:
-            c.hit("anc-reported", f"ANC {num(index.anc)} reported", "clinical-rules.md 1.5")
-    else:
-        c.hit(
-            "anc-unknown",
-            "ANC unknown: no ANC and no neutrophil % with WBC in the index draw",
-            "clinical-rules.md 1.5",
-        )
 
-    # --- Age and lower limits ----------------------------------------------------------------
+    # --- Age and lower limits (section 2: LLN rows) ----------------------------------------
     age_y: int | None = None
-    age_d: int | None = None
+    age_m: int | None = None
     if labs.birth_date is not None:
-        age_y = _age_years(labs.birth_date, idx_time.date())
-        age_d = _age_days(labs.birth_date, idx_time.date())
+        age_y, age_m = _age(labs.birth_date, idx_time.date())
     else:
         c.issues.append(
             DataIssue(
@@ -210,40 +340,51 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             None,
         )
     wbc = wbc_result.value if wbc_result else None
+    age_text = ""
     if child:
-        assert age_d is not None and age_y is not None
-        wbc_lln = t.wbc_lln_under_2y if age_y < 2 else t.wbc_lln_2_to_17y
-        anc_lln = t.anc_lln_under_1y if age_d < 365 else t.anc_lln_from_1y
+        assert age_y is not None and age_m is not None
+        if age_y < 2:
+            wbc_lln = t.wbc_lln_under_2y
+        elif age_y < 8:
+            wbc_lln = t.wbc_lln_2_to_7y
+        else:
+            wbc_lln = t.wbc_lln_8_to_17y
+        if age_m < 1:
+            anc_lln = t.anc_lln_neonate
+        elif age_m < 12:
+            anc_lln = t.anc_lln_1m_to_1y
+        else:
+            anc_lln = t.anc_lln_from_1y
+        age_text = f"{age_y} y" if age_y >= 2 else f"{age_m} months"
         lln_src = SRC_LLN_CHILD
-        c.hit(
+        c.find(
             "paediatric-limits",
-            f"Age {age_y} y: paediatric limits WBC < {num(wbc_lln)}, ANC < {num(anc_lln)}",
+            f"Age {age_text}: paediatric limits WBC < {num(wbc_lln)}, ANC < {num(anc_lln)} "
+            f"{COUNT_UNIT}",
             SRC_LLN_CHILD,
         )
     else:
         anc_lln = t.anc_lln_adult
         if wbc_result is not None and wbc_result.ref_low is not None:
             wbc_lln = wbc_result.ref_low
-            lln_src = "the result's own reference range (labs differ: seeds 001, 002, 003)"
+            lln_src = "the lab's own reference range"
         else:
             wbc_lln = t.wbc_lln_adult
-            lln_src = "seed 001 (4.0 x 10^9/L when the lab gives no range)"
+            lln_src = SRC_LLN_ADULT
 
-    # --- Findings ------------------------------------------------------------------------------
     leukopenia = wbc is not None and wbc < wbc_lln
     if leukopenia:
         assert wbc_result is not None
         c.find(
             "leukopenia",
-            f"Leukopenia: WBC {_fmt(wbc)} x 10^9/L on {wbc_result.time.date().isoformat()} "
+            f"Leukopenia: WBC {wbc_result.shown} {COUNT_UNIT} on {when(wbc_result.time)} "
             f"(lower limit {num(wbc_lln)})",
-            f"all seeds; limit from {lln_src}",
+            lln_src,
         )
 
+    # --- Neutropenia grade; the ANC can never exceed the WBC of its draw ----------------------
     anc = index.anc
     grade = _grade(anc, anc_lln, t)
-    # ANC can never exceed the WBC of the same draw: when ANC is unknown, a WBC below a grade
-    # floor proves at least that grade (safety: a WBC of 0.4 is never "unknown" neutropenia).
     implied = NeutropeniaGrade.UNKNOWN
     idx_wbc = index.value(Analyte.WBC)
     if anc is None and idx_wbc is not None and idx_wbc < anc_lln:
@@ -252,24 +393,21 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             "anc-bounded-by-wbc",
             f"ANC unknown, but it cannot exceed the WBC of {num(idx_wbc)}: neutropenia is at "
             f"least {implied.value}",
-            "arithmetic: ANC <= WBC of the same draw",
+            table("1.5 (the ANC is part of the WBC of the same draw)"),
         )
     decision_grade = grade if grade is not NeutropeniaGrade.UNKNOWN else implied
+    anc_result = index.results.get(Analyte.ANC)
+    anc_shown = anc_result.shown if anc_result is not None else _fmt(anc)
     anc_desc = (
-        f"ANC {num(anc)} x 10^9/L{' (derived)' if index.anc_derived else ''}"
+        f"ANC {anc_shown} {COUNT_UNIT}{' (derived)' if index.anc_derived else ''}"
         if anc is not None
         else "ANC unknown"
     )
-    if grade in (
-        NeutropeniaGrade.MILD,
-        NeutropeniaGrade.MODERATE,
-        NeutropeniaGrade.SEVERE,
-        NeutropeniaGrade.PROFOUND,
-    ):
+    if grade.rank >= NeutropeniaGrade.MILD.rank:
         c.find(
             f"neutropenia-{grade.value}",
             f"{grade.value.capitalize()} neutropenia: {anc_desc} (lower limit {num(anc_lln)})",
-            SRC_LLN_CHILD if child else SRC_GRADE,
+            cite(HARRIET_LANE, CTCAE) if child else SRC_GRADE,
         )
     elif grade is NeutropeniaGrade.UNKNOWN:
         if Analyte.NEUTROPHIL_PERCENT in index.results and idx_wbc is None:
@@ -281,403 +419,158 @@ def _assess(labs: PatientLabs, now: datetime, t: Thresholds) -> Assessment:
             text = "Neutropenia status unknown: no ANC or differential in the index CBC"
         if implied is not NeutropeniaGrade.UNKNOWN:
             text += f"; the WBC proves at least {implied.value} neutropenia"
-        c.find("neutropenia-unknown", text, "clinical-rules.md 1.5")
-    neutropenic = decision_grade.rank >= NeutropeniaGrade.MILD.rank
-    white_line = leukopenia or neutropenic
+        c.find("neutropenia-unknown", text, table("1.5"))
 
-    red_flag_wbc = wbc is not None and wbc < t.wbc_red_flag
-    if red_flag_wbc:
+    wbc_below_3 = wbc is not None and wbc < t.wbc_red_flag
+    if wbc_below_3:
         c.find(
             "wbc-below-3",
             f"WBC {_fmt(wbc)} is below the red-flag threshold of {num(t.wbc_red_flag)}",
-            "seed 000",
+            SRC_WORKUP,
         )
 
-    fever_text = _fever(labs_results_temps(results), idx_time, now, t)
+    # --- Fever, febrile neutropenia ----------------------------------------------------------
+    temps = [r for r in labs.results if r.analyte is Analyte.BODY_TEMPERATURE]
+    fever_text = _fever(temps, idx_time, horizon, t)
     fever = fever_text is not None
     if fever_text is not None:
         c.find("fever", fever_text, SRC_FEVER)
-    anc_for_fn = (
-        anc if anc is not None else (idx_wbc if implied is not NeutropeniaGrade.UNKNOWN else None)
-    )
-    febrile_neutropenia = fever and anc_for_fn is not None and anc_for_fn < t.febrile_anc_below
+    febrile_neutropenia = fever and anc is not None and anc < t.febrile_anc_below
     if febrile_neutropenia:
-        c.find(
-            "febrile-neutropenia",
-            "Febrile neutropenia: fever with "
-            + (
-                anc_desc
-                if anc is not None
-                else f"WBC {_fmt(idx_wbc)} (so ANC < {num(t.febrile_anc_below)})"
-            ),
-            SRC_FN,
-        )
+        c.find("febrile-neutropenia", f"Febrile neutropenia: fever with {anc_desc}", SRC_FN)
 
-    anaemia = _anaemia(index, labs.sex, age_y, t)
-    if anaemia:
-        c.find("anaemia", anaemia, "WHO; seeds 000, 001, 002")
-    plt = index.value(Analyte.PLATELETS)
-    thrombocytopenia = plt is not None and plt < t.platelets_low
+    # --- Other cell lines ----------------------------------------------------------------------
+    pregnant = any(cond.kind == "pregnancy" for cond in labs.conditions)
+    anaemia_text = _anaemia(index, labs.sex, age_y, age_m, pregnant, t)
+    if anaemia_text:
+        c.find("anaemia", anaemia_text, SRC_ANAEMIA)
+    plt = index.results.get(Analyte.PLATELETS)
+    thrombocytopenia = plt is not None and plt.value < t.platelets_low
     if thrombocytopenia and plt is not None:
         c.find(
             "thrombocytopenia",
-            f"Thrombocytopenia: platelets {num(plt)} x 10^9/L (< {num(t.platelets_low)})",
-            "seeds 000, 001",
+            f"Thrombocytopenia: platelets {plt.shown} {COUNT_UNIT} (< {num(t.platelets_low)})",
+            cite(CTCAE),
         )
-    other_lines = int(bool(anaemia)) + int(thrombocytopenia)
+    white_line = leukopenia or decision_grade.rank >= NeutropeniaGrade.MILD.rank
+    other_lines = int(bool(anaemia_text)) + int(thrombocytopenia)
     pancytopenia = white_line and other_lines == 2
     bicytopenia = white_line and other_lines == 1
     if pancytopenia:
         c.find(
-            "pancytopenia",
-            "Pancytopenia: low white cells, haemoglobin and platelets",
-            SRC_CYTOPENIA,
+            "pancytopenia", "Pancytopenia: low white cells, haemoglobin and platelets", SRC_WORKUP
         )
     elif bicytopenia:
-        other = "haemoglobin" if anaemia else "platelets"
-        c.find("bicytopenia", f"Bicytopenia: low white cells and low {other}", SRC_CYTOPENIA)
+        other = "haemoglobin" if anaemia_text else "platelets"
+        c.find("bicytopenia", f"Bicytopenia: low white cells and low {other}", SRC_WORKUP)
 
-    mcv = index.value(Analyte.MCV)
-    macrocytosis = not child and mcv is not None and mcv > t.mcv_high
+    mcv = index.results.get(Analyte.MCV)
+    macrocytosis = mcv is not None and mcv.value > t.mcv_high
     if macrocytosis and mcv is not None:
         c.find(
             "macrocytosis",
-            f"Macrocytosis: MCV {num(mcv)} fL (> {num(t.mcv_high)})",
-            "seed 002; seed 000",
+            f"Macrocytosis: MCV {mcv.shown} fL (> {num(t.mcv_high)})",
+            SRC_WORKUP,
         )
 
+    # --- Serial draws (24 months) ----------------------------------------------------------------
     window_start = idx_time - timedelta(days=t.trend_lookback_days)
     trend_draws = [d for d in draws if window_start <= d.time <= idx_time]
     wbc_series = [
         (d.time, d.results[Analyte.WBC].value) for d in trend_draws if Analyte.WBC in d.results
     ]
-    decline = (
-        _declining([v for _, v in wbc_series], t.decline_min_results)
-        and wbc is not None
-        and wbc < wbc_lln
-    )
-    if decline:
-        vals = ", ".join(f"{num(v)}" for _, v in wbc_series[-t.decline_min_results :])
-        c.find(
-            "progressive-decline",
-            f"Progressive decline: WBC {vals} over serial draws",
-            "seed 000, seed 001",
-        )
-    stable = _stable(wbc_series, decline, t)
+    anc_series = [(d.time, d.anc) for d in trend_draws if d.anc is not None]
+    decline_parts: list[str] = []
+    wbc_fall = _decline([v for _, v in wbc_series], t.decline_min_draws, t.decline_min_fall_wbc)
+    if wbc_fall and wbc is not None and wbc < wbc_lln:
+        decline_parts.append("WBC " + " → ".join(num(v) for v in wbc_fall))
+    anc_fall = _decline([v for _, v in anc_series], t.decline_min_draws, t.decline_min_fall_anc)
+    if anc_fall and anc_fall[-1] < anc_lln:
+        decline_parts.append("ANC " + " → ".join(num(v) for v in anc_fall))
+    decline = None
+    if decline_parts:
+        decline = "Progressive decline over serial draws: " + "; ".join(decline_parts)
+        c.find("progressive-decline", decline, SRC_WORKUP)
+    stable = _stable(wbc_series, decline is not None, t)
     if stable:
-        c.find("stable", stable, "seed 000 (stable counts suggest benign etiology)")
-    persistent = _persistent(trend_draws, anc_lln, decline, t) if neutropenic else None
-    if persistent:
-        c.find("persistent", persistent, "seed 002 (chronic > 3 months); seed 000")
-    elif neutropenic and decline:
-        c.hit(
-            "not-persistent",
-            "Not counted as persistent neutropenia: the WBC is progressively declining",
-            "clinical-rules.md section 2 (persistent: not declining)",
-        )
+        c.find("stable", stable, SRC_WORKUP)
+    persistent = None
+    if white_line and decision_grade.rank >= NeutropeniaGrade.MILD.rank:
+        persistent = _persistent(trend_draws, anc_lln, decline is not None, t)
+        if persistent:
+            c.find("persistent", persistent, SRC_WORKUP)
+        elif decline:
+            c.hit(
+                "not-persistent",
+                "Not counted as persistent neutropenia: the count is progressively declining",
+                table("section 2 (persistent: not declining)"),
+            )
 
+    # --- Medications and conditions ------------------------------------------------------------
     meds = labs.medications
-    high_risk = bool(meds)
-    clozapine = any(m.name == "clozapine" for m in meds)
-    if high_risk:
+    if meds:
         c.find(
             "high-risk-medication",
             "Active medication known to lower white cells: "
             + "; ".join(f"{m.name} ({m.matched_by})" for m in meds),
             SRC_MEDS,
         )
+    chemo = tuple(
+        [f"{m.name} (antineoplastic)" for m in meds if m.antineoplastic]
+        + [cond.display for cond in labs.conditions if cond.kind == "chemotherapy"]
+    )
     duffy = any(cond.kind == "duffy-null" for cond in labs.conditions)
     if duffy and white_line:
-        c.find("duffy-null", "Duffy-null phenotype documented (Fy(a-b-))", SRC_DUFFY)
-    explaining = tuple(cond for cond in labs.conditions if cond.kind in EXPLAINING_CONDITIONS)
-
-    # --- Decision: first matching row -----------------------------------------------------
+        c.find("duffy-null", "Duffy-null phenotype documented (Fy(a−b−))", SRC_DUFFY)
+    red_flags = tuple(cond for cond in labs.conditions if cond.kind == "red-flag")
+    if red_flags and white_line:
+        c.find(
+            "red-flag-condition",
+            "Red-flag condition recorded: " + ", ".join(cond.display for cond in red_flags),
+            SRC_WORKUP,
+        )
     recent_viral = any(
         cond.kind == "viral-infection"
         and (cond.onset is None or idx_time - cond.onset <= timedelta(days=t.recent_viral_days))
         for cond in labs.conditions
     )
-
-    rows = _Decision(c, idx_time)
-    severe = decision_grade in (NeutropeniaGrade.SEVERE, NeutropeniaGrade.PROFOUND)
-    grade_word = decision_grade.value.capitalize()
-    if febrile_neutropenia:
-        rows.set(1, Risk.HIGH, "febrile neutropenia")
-        rows.evaluation(
-            Priority.STAT,
-            t.stat_evaluation_hours,
-            "Febrile neutropenia: emergency assessment, blood cultures and empiric "
-            "broad-spectrum antibiotics within 1 hour",
-            "seed 000; ASCO/IDSA 2018",
-        )
-    elif severe:
-        rows.set(2, Risk.HIGH, f"{decision_grade.value} neutropenia without fever")
-        ctx = f"{grade_word} neutropenia ({anc_desc})"
-        rows.repeat(
-            Priority.ASAP,
-            t.repeat_severe_start_d,
-            t.repeat_severe_end_d,
-            ctx + ", to be confirmed within 24 h",
-            "seed 002; seed 000",
-        )
-        rows.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, "seed 000 (smear review)")
-        rows.add(
-            Action.HAEMATOLOGY_REFERRAL,
-            Priority.ASAP,
-            ctx,
-            "seed 000 (referral mandatory below 1.0)",
-            detail="haematology referral, mandatory below 1.0",
-        )
-    elif pancytopenia:
-        rows.set(3, Risk.HIGH, "pancytopenia")
-        ctx = "Pancytopenia, which suggests insufficient marrow production"
-        rows.repeat(
-            Priority.ASAP,
-            t.repeat_pancytopenia_start_d,
-            t.repeat_pancytopenia_end_d,
-            ctx,
-            SRC_CYTOPENIA,
-        )
-        rows.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, SRC_CYTOPENIA)
-        rows.add(Action.HAEMATOLOGY_REFERRAL, Priority.ASAP, ctx, SRC_CYTOPENIA)
-        rows.b12_folate(Priority.ASAP, ctx)
-    elif decision_grade is NeutropeniaGrade.MODERATE:
-        risk = Risk.HIGH if high_risk else Risk.MODERATE
-        rows.set(
-            4, risk, "moderate neutropenia" + (" on a high-risk medication" if high_risk else "")
-        )
-        ctx = f"Moderate neutropenia ({anc_desc})"
-        if clozapine:
-            rows.repeat(
-                Priority.URGENT,
-                t.repeat_clozapine_start_d,
-                t.repeat_clozapine_end_d,
-                ctx + " on clozapine",
-                "clozapine ANC monitoring",
-            )
-        else:
-            rows.repeat(
-                Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, ctx, "seed 000"
-            )
-        rows.add(Action.PERIPHERAL_SMEAR, Priority.URGENT, ctx, "seed 000")
-        rows.add(
-            Action.HAEMATOLOGY_REFERRAL,
-            Priority.URGENT,
-            ctx,
-            "seed 000 (mandatory below 1.0)",
-            detail="haematology referral, mandatory below 1.0",
-        )
-    elif (
-        duffy
-        and anc is not None
-        and anc >= t.duffy_null_anc_floor
-        and not fever
-        and not (bicytopenia or pancytopenia)
-        and not macrocytosis
-        and not decline
-    ):
-        rows.set(5, Risk.LOW, "Duffy-null phenotype explains the count")
-        c.hit(
-            "duffy-null-no-workup",
-            f"Documented Duffy-null phenotype with ANC {num(anc)} >= "
-            f"{num(t.duffy_null_anc_floor)} and no other concern: no smear, B12/folate, "
-            "referral or urgent evaluation",
-            SRC_DUFFY,
-        )
-    elif white_line and fever:
-        rows.set(
-            6, Risk.MODERATE, _white_line_words(leukopenia, decision_grade).lower() + " with fever"
-        )
-        rows.evaluation(
-            Priority.URGENT,
-            t.urgent_evaluation_hours,
-            "Fever with a low white count suggests a serious bacterial infection: "
-            "same-day clinical evaluation",
-            "seed 000",
-        )
-    elif white_line and (red_flag_wbc or bicytopenia or macrocytosis or decline or high_risk):
-        rows.set(7, Risk.MODERATE, "low white count with a red flag")
-        reasons = [
-            label
-            for label, on in (
-                (f"WBC {_fmt(wbc)} below {num(t.wbc_red_flag)}", red_flag_wbc),
-                ("bicytopenia", bicytopenia),
-                ("macrocytosis", macrocytosis),
-                ("progressive decline", decline),
-                ("a high-risk medication", high_risk),
-            )
-            if on
-        ]
-        ctx = f"{_white_line_words(leukopenia, decision_grade)} with " + ", ".join(reasons)
-        if clozapine and decision_grade is NeutropeniaGrade.MILD:
-            rows.repeat(
-                Priority.URGENT,
-                t.repeat_clozapine_start_d,
-                t.repeat_clozapine_end_d,
-                ctx + " (mild neutropenia on clozapine)",
-                "clozapine ANC monitoring",
-            )
-        else:
-            rows.repeat(
-                Priority.ROUTINE,
-                t.repeat_mild_start_d,
-                t.repeat_mild_end_d,
-                ctx,
-                "seed 002; seed 000",
-            )
-        if red_flag_wbc or bicytopenia or macrocytosis or decline:
-            rows.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, ctx, "seed 000")
-        if bicytopenia or macrocytosis or decline:
-            rows.b12_folate(Priority.ROUTINE, ctx)
-        if bicytopenia or decline:
-            rows.add(
-                Action.HAEMATOLOGY_REFERRAL,
-                Priority.ROUTINE,
-                ctx,
-                "seed 000 (evolving marrow disorder)",
-            )
-    elif persistent:
-        rows.set(8, Risk.MODERATE, "persistent neutropenia")
-        rows.b12_folate(Priority.ROUTINE, persistent)
-        rows.add(
-            Action.PERIPHERAL_SMEAR,
-            Priority.ROUTINE,
-            persistent,
-            "seed 002 (chronic neutropenia work-up)",
-        )
-        rows.add(
-            Action.HAEMATOLOGY_REFERRAL, Priority.ROUTINE, persistent, "seed 002", optional=True
-        )
-    elif leukopenia and stable and grade is NeutropeniaGrade.NONE:
-        rows.set(9, Risk.LOW, "stable chronic leukopenia")
-        c.hit(
-            "reassuring",
-            "Stable counts over time with a normal ANC are reassuring: no action needed",
-            "seed 000 (stable counts suggest benign etiology)",
-        )
-    elif white_line:
-        rows.set(10, Risk.LOW, _white_line_words(leukopenia, decision_grade).lower())
-        if child and recent_viral:
-            rows.repeat(
-                Priority.ROUTINE,
-                t.repeat_child_viral_start_d,
-                t.repeat_child_viral_end_d,
-                "Child with a recent viral illness: transient post-viral leukopenia is likely",
-                "seeds 001, 004 (transient viral suppression)",
-            )
-        elif decision_grade is NeutropeniaGrade.MILD:
-            rows.repeat(
-                Priority.ROUTINE,
-                t.repeat_mild_start_d,
-                t.repeat_mild_end_d,
-                f"{_white_line_words(leukopenia, decision_grade)} ({anc_desc})",
-                "seed 002 (repeat CBC in 1-2 weeks)",
-            )
-        elif grade is NeutropeniaGrade.UNKNOWN:
-            rows.repeat(
-                Priority.ROUTINE,
-                t.repeat_anc_unknown_start_d,
-                t.repeat_anc_unknown_end_d,
-                "Leukopenia with the ANC unknown",
-                "clinical-rules.md row 11 (ANC unknown), the safer window",
-            )
-        else:
-            rows.repeat(
-                Priority.ROUTINE,
-                t.repeat_leukopenia_start_d,
-                t.repeat_leukopenia_end_d,
-                "Mild leukopenia with a normal ANC, to confirm stability",
-                "seed 000 (repeat in 4-6 weeks)",
-            )
-    elif grade is NeutropeniaGrade.UNKNOWN:
-        rows.set(11, Risk.LOW, "ANC unknown")
-        rows.repeat(
-            Priority.ROUTINE,
-            t.repeat_anc_unknown_start_d,
-            t.repeat_anc_unknown_end_d,
-            "The ANC of the latest CBC is unknown",
-            SRC_TABLE + " row 11",
-        )
-    else:
-        rows.set(12, Risk.NEGLIGIBLE, "normal")
-        return _normal(c, draws, index, anc_lln, wbc_lln)
-
-    if child and not c.has("paediatric-limits"):
-        c.find("paediatric-limits", f"Paediatric limits applied (age {age_y} y)", SRC_LLN_CHILD)
-    preliminary = index.preliminary
-    if preliminary:
-        c.find(
-            "preliminary-data",
-            "Based on preliminary results: confirm when final results are available",
-            "clinical-rules.md 1.2",
-        )
-
-    mitigation: list[str] = []
-    if meds and decision_grade.rank >= NeutropeniaGrade.MODERATE.rank:
-        # Drug-induced neutropenia: the suspected drug is stopped or held (Andersohn 2007).
-        mitigation.append(
-            "Suspected drug-induced neutropenia: consider holding or stopping "
-            + ", ".join(m.name for m in meds)
-            + " now, with haematology advice (Andersohn 2007)."
-        )
-    elif meds:
-        mitigation.append(
-            "Review medications that lower white cells: " + ", ".join(m.name for m in meds) + "."
-        )
-    else:
-        mitigation.append("Review medications for drugs that lower white cells.")
-    if explaining:
-        mitigation.append(
-            "Recorded conditions that can explain it: "
-            + ", ".join(cond.display for cond in explaining)
-            + "."
-        )
-    if fever:
-        mitigation.append(
-            "The patient already has a fever: do not wait for new symptoms "
-            "(seed 000: fever plus leukopenia suggests severe bacterial infection)."
-        )
-    else:
-        mitigation.append(INFECTION_WARNING)
-
-    basis: list[str] = list(index.refs)
-    if wbc_result is not None and wbc_result.ref not in basis:
-        basis.append(wbc_result.ref)
-    for d in trend_draws:
-        if (decline or stable or persistent) and d is not index:
-            basis.extend(r for r in d.refs if r not in basis)
-
-    return Assessment(
-        patient_id=labs.patient_id,
-        now=now,
-        risk=rows.risk,
-        row=rows.row,
-        headline=_headline(
-            rows.row, rows.label, wbc, anc, index.anc_derived, decision_grade, fever
-        ),
-        grade=grade,
-        index_draw=index,
+    return Facts(
+        index=index,
+        draws=draws,
+        trend_draws=trend_draws,
+        child=child,
+        age_text=age_text,
         wbc=wbc,
+        wbc_result=wbc_result,
         wbc_lln=wbc_lln,
         anc_lln=anc_lln,
-        findings=tuple(c.findings),
-        recommendations=tuple(rows.recs),
-        not_proposed=tuple(rows.not_proposed),
-        medications=meds,
-        conditions=explaining + tuple(x for x in labs.conditions if x.kind == "duffy-null"),
-        mitigation=tuple(mitigation),
-        trace=tuple(c.trace),
-        issues=tuple(c.issues),
-        preliminary=preliminary,
-        basis=tuple(basis),
-        draws=tuple(draws),
+        anc=anc,
+        anc_desc=anc_desc,
+        grade=grade,
         decision_grade=decision_grade,
+        leukopenia=leukopenia,
+        wbc_below_3=wbc_below_3,
+        fever=fever,
+        febrile_neutropenia=febrile_neutropenia,
+        anaemia=bool(anaemia_text),
+        thrombocytopenia=thrombocytopenia,
+        bicytopenia=bicytopenia,
+        pancytopenia=pancytopenia,
+        macrocytosis=macrocytosis,
+        decline=decline,
+        stable=stable,
+        persistent=persistent,
+        medications=meds,
+        clozapine=any(m.name == "clozapine" for m in meds),
+        chemotherapy=chemo,
+        duffy_null=duffy,
+        red_flags=red_flags,
+        explaining=tuple(cond for cond in labs.conditions if cond.kind in EXPLAINING_CONDITIONS),
+        recent_viral=recent_viral,
     )
 
 
-def labs_results_temps(results: Sequence[Result]) -> list[Result]:
-    return [r for r in results if r.analyte is Analyte.BODY_TEMPERATURE]
-
+# --- Section 3: the rows, first match ----------------------------------------------------------
 
 #: What each work-up action is for, completing the situation in its reason.
 PURPOSE = {
@@ -691,21 +584,33 @@ PURPOSE = {
 class _Decision:
     """Collects the row, risk and recommendations; applies the 'never propose twice' rules."""
 
-    def __init__(self, c: _Ctx, index_time: datetime) -> None:
+    def __init__(self, c: _Ctx, f: Facts) -> None:
         self.c = c
-        self.index_time = index_time
-        self.row = 12
+        self.f = f
+        # Windows count from the index CBC, but never from a future-stamped one.
+        self.index_time = min(f.index.time, c.now)
+        self.row = Row.NORMAL
         self.risk = Risk.NEGLIGIBLE
         self.label = "normal"
         self.recs: list[Recommendation] = []
         self.not_proposed: list[str] = []
+        self.reassuring = False
 
-    def set(self, row: int, risk: Risk, label: str) -> None:
+    def set(self, row: Row, risk: Risk, label: str) -> None:
         self.row, self.risk, self.label = row, risk, label
-        self.c.hit(f"row-{row}", f"Decision row {row} ({label}): risk {risk.value}", SRC_TABLE)
+        self.c.hit(
+            f"row-{row.value}",
+            f"Decision row {row.value} ({label}): risk {risk.value}",
+            table(f"row {row.value}"),
+        )
 
-    def repeat(self, priority: Priority, start_d: int, end_d: int, ctx: str, source: str) -> None:
-        """Repeat CBC: its window counts from the index CBC (clinical-rules.md section 3)."""
+    def raise_risk(self, risk: Risk, why: str, source: str) -> None:
+        if risk.rank > self.risk.rank:
+            self.c.hit("raise-risk", f"Risk raised to {risk.value}: {why}", source)
+            self.risk = risk
+
+    def window(self, start_d: int, end_d: int) -> tuple[datetime, datetime, str]:
+        """A repeat window in days from the index CBC; never starting in the past."""
         start = self.index_time + timedelta(days=start_d)
         end = self.index_time + timedelta(days=end_d)
         note = ""
@@ -713,20 +618,26 @@ class _Decision:
             # The window has passed since the index CBC: it is overdue, so it starts now.
             start, end = self.c.now, self.c.now + (end - start)
             note = " (overdue: that window has passed, so it starts now)"
-        reason = f"{ctx}: repeat CBC with differential {start_d}-{end_d} days after the index CBC"
-        self._propose(
-            Recommendation(Action.REPEAT_CBC, priority, start, end, reason + note, source)
-        )
+        elif start < self.c.now:
+            start = self.c.now  # an order cannot start in the past
+        return start, end, note
+
+    def repeat(self, priority: Priority, start_d: int, end_d: int, ctx: str, source: str) -> None:
+        """Repeat CBC with differential; its window counts from the index CBC."""
+        start, end, note = self.window(start_d, end_d)
+        span = "now" if end_d == 0 else f"{start_d}-{end_d} days after the index CBC"
+        reason = f"{ctx}: repeat CBC with differential {span}"
+        self.propose(Recommendation(Action.REPEAT_CBC, priority, start, end, reason + note, source))
 
     def evaluation(self, priority: Priority, hours: int, why: str, source: str) -> None:
         now = self.c.now
-        self._propose(
+        self.propose(
             Recommendation(
                 Action.URGENT_EVALUATION, priority, now, now + timedelta(hours=hours), why, source
             )
         )
 
-    def _workup_window(self, priority: Priority) -> tuple[datetime, datetime]:
+    def workup_window(self, priority: Priority) -> tuple[datetime, datetime]:
         """Work-up counts from the evaluation time: a new order cannot start in the past."""
         t = self.c.t
         days = {
@@ -746,12 +657,12 @@ class _Decision:
         detail: str | None = None,
         optional: bool = False,
     ) -> None:
-        start, end = self._workup_window(priority)
+        start, end = self.workup_window(priority)
         reason = f"{ctx}: {detail or PURPOSE[action]}"
-        self._propose(Recommendation(action, priority, start, end, reason, source, optional))
+        self.propose(Recommendation(action, priority, start, end, reason, source, optional))
 
     def b12_folate(self, priority: Priority, ctx: str) -> None:
-        """B12 and folate together, unless recently resulted (clinical-rules.md section 3)."""
+        """B12 and folate together, unless recently resulted (section 3, 'Always')."""
         t, now = self.c.t, self.c.now
         recent = now - timedelta(days=t.b12_folate_recent_days)
         latest: dict[Analyte, Result] = {}
@@ -773,31 +684,40 @@ class _Decision:
         ):
             r = latest.get(analyte)
             if r is None:
-                self.add(action, priority, ctx, "seed 000 (megaloblastosis); seeds 001, 002, 004")
+                self.add(action, priority, ctx, SRC_WORKUP)
                 continue
             floor = r.ref_low if r.ref_low is not None else floors[analyte]
             state = "normal" if r.value >= floor else "LOW"
             msg = (
                 f"{ACTION_LABEL[action]} not proposed: resulted {state} "
-                f"({num(r.value)} {units[analyte]}) on {r.time.date().isoformat()}, "
+                f"({r.shown} {units[analyte]}) on {when(r.time)}, "
                 f"within {t.b12_folate_recent_days} days"
             )
             if state == "LOW":
                 msg += " - a deficiency that may explain the count"
             self.not_proposed.append(msg)
-            self.c.hit(
-                f"recent-{analyte.value}", msg, "lab reference ranges; clinical-rules.md section 3"
-            )
+            self.c.hit(f"recent-{analyte.value}", msg, table("section 3 (recently normal)"))
 
-    def _propose(self, rec: Recommendation) -> None:
+    def propose(self, rec: Recommendation) -> None:
+        """Add a suggestion; one already present keeps the more urgent priority and the
+        earlier window (3a); never propose what is already open for the patient."""
         label = ACTION_LABEL[rec.action]
+        for i, have in enumerate(self.recs):
+            if have.action is rec.action:
+                merged = _merge(have, rec)
+                if merged != have:
+                    self.recs[i] = merged
+                    self.c.hit(
+                        f"suggest:{rec.action.value}",
+                        f"{label} ({merged.priority.value}): {merged.reason}",
+                        merged.source,
+                    )
+                return
         for order in self.c.labs.open_orders:
             if order.action is rec.action and order.priority.rank >= rec.priority.rank:
                 msg = f"{label} not proposed: already open as {order.ref} ({order.priority.value})"
                 self.not_proposed.append(msg)
-                self.c.hit(
-                    "already-open", msg, "clinical-rules.md section 3 (never propose what is open)"
-                )
+                self.c.hit("already-open", msg, table("section 3 (never propose what is open)"))
                 return
         for order in self.c.labs.open_orders:
             if order.action is rec.action:
@@ -814,18 +734,552 @@ class _Decision:
         )
 
 
-def _white_line_words(leukopenia: bool, grade: NeutropeniaGrade) -> str:
-    neutropenia = grade.rank >= NeutropeniaGrade.MILD.rank
-    if leukopenia and neutropenia:
-        return f"Leukopenia with {grade.value} neutropenia"
-    if neutropenia:
-        return f"{grade.value.capitalize()} neutropenia"
-    return "Leukopenia"
+def _merge(have: Recommendation, new: Recommendation) -> Recommendation:
+    """The more urgent priority and the earlier window of two suggestions of one action."""
+    if new.priority.rank > have.priority.rank or (
+        new.priority.rank == have.priority.rank and new.end < have.end
+    ):
+        return replace(
+            new,
+            start=min(have.start, new.start),
+            end=min(have.end, new.end),
+            optional=have.optional and new.optional,
+        )
+    if new.end < have.end:
+        return replace(have, end=new.end, start=min(have.start, new.start))
+    return have
+
+
+def _row_1(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 1, febrile neutropenia: emergency evaluation and antibiotics within 1 h."""
+    if not f.febrile_neutropenia:
+        return False
+    d.set(Row.FEBRILE_NEUTROPENIA, Risk.HIGH, "febrile neutropenia")
+    d.evaluation(
+        Priority.STAT,
+        t.stat_evaluation_hours,
+        "Febrile neutropenia: emergency assessment, blood cultures and empiric "
+        "broad-spectrum antibiotics within 1 hour",
+        SRC_STAT,
+    )
+    return True
+
+
+def _row_1b(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 1b, presumed febrile neutropenia: fever, ANC unknown, and chemotherapy context or
+    WBC < 1.0 — treat as neutropenic sepsis without waiting for the count."""
+    if not (f.fever and f.anc_unknown):
+        return False
+    low_wbc = f.wbc is not None and f.wbc < t.presumed_fn_wbc_below
+    if not (f.chemotherapy or low_wbc):
+        return False
+    why = []
+    if f.chemotherapy:
+        why.append("chemotherapy context: " + ", ".join(f.chemotherapy))
+    if low_wbc:
+        why.append(f"WBC {_fmt(f.wbc)} < {num(t.presumed_fn_wbc_below)}, so ANC < 1.0")
+    d.c.find(
+        "presumed-febrile-neutropenia",
+        "Presumed febrile neutropenia: fever with the ANC unknown (" + "; ".join(why) + ")",
+        SRC_PRESUMED_FN,
+    )
+    d.set(Row.PRESUMED_FEBRILE_NEUTROPENIA, Risk.HIGH, "presumed febrile neutropenia")
+    d.evaluation(
+        Priority.STAT,
+        t.stat_evaluation_hours,
+        "Presumed febrile neutropenia: treat as neutropenic sepsis without waiting for the "
+        "count - emergency assessment, blood cultures and empiric antibiotics within 1 hour",
+        SRC_PRESUMED_FN,
+    )
+    d.repeat(
+        Priority.STAT,
+        t.repeat_presumed_fn_start_d,
+        t.repeat_presumed_fn_end_d,
+        "Presumed febrile neutropenia with the ANC unknown",
+        SRC_PRESUMED_FN,
+    )
+    return True
+
+
+def _row_2(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 2, severe or profound neutropenia, afebrile: confirm within 24 h, smear, referral."""
+    if f.decision_grade not in (NeutropeniaGrade.SEVERE, NeutropeniaGrade.PROFOUND):
+        return False
+    grade = f.decision_grade.value
+    d.set(Row.SEVERE_AFEBRILE, Risk.HIGH, f"{grade} neutropenia without fever")
+    ctx = f"{grade.capitalize()} neutropenia ({f.anc_desc})"
+    d.repeat(
+        Priority.ASAP,
+        t.repeat_severe_start_d,
+        t.repeat_severe_end_d,
+        ctx + ", to be confirmed within 24 h",
+        SRC_GRADE,
+    )
+    d.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, SRC_WORKUP)
+    d.add(
+        Action.HAEMATOLOGY_REFERRAL,
+        Priority.ASAP,
+        ctx,
+        SRC_WORKUP,
+        detail="haematology referral, mandatory below 1.0",
+    )
+    return True
+
+
+def _row_3(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 3, pancytopenia: repeat CBC within a week, smear, referral, B12 and folate."""
+    if not f.pancytopenia:
+        return False
+    d.set(Row.PANCYTOPENIA, Risk.HIGH, "pancytopenia")
+    ctx = "Pancytopenia, which suggests insufficient marrow production"
+    d.repeat(
+        Priority.ASAP, t.repeat_pancytopenia_start_d, t.repeat_pancytopenia_end_d, ctx, SRC_WORKUP
+    )
+    d.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, SRC_WORKUP)
+    d.add(Action.HAEMATOLOGY_REFERRAL, Priority.ASAP, ctx, SRC_WORKUP)
+    d.b12_folate(Priority.ASAP, ctx)
+    return True
+
+
+def _row_4(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 4, moderate neutropenia: moderate risk (high on a high-risk medication)."""
+    if f.decision_grade is not NeutropeniaGrade.MODERATE:
+        return False
+    risk = Risk.HIGH if f.high_risk_medication else Risk.MODERATE
+    label = "moderate neutropenia" + (" on a high-risk medication" if f.medications else "")
+    d.set(Row.MODERATE_NEUTROPENIA, risk, label)
+    ctx = f"Moderate neutropenia ({f.anc_desc})"
+    if f.clozapine:
+        d.repeat(
+            Priority.URGENT,
+            t.repeat_clozapine_start_d,
+            t.repeat_clozapine_end_d,
+            ctx + " on clozapine",
+            SRC_CLOZAPINE,
+        )
+    else:
+        d.repeat(
+            Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, ctx, SRC_WORKUP
+        )
+    d.add(Action.PERIPHERAL_SMEAR, Priority.URGENT, ctx, SRC_WORKUP)
+    d.add(
+        Action.HAEMATOLOGY_REFERRAL,
+        Priority.URGENT,
+        ctx,
+        SRC_WORKUP,
+        detail="haematology referral, mandatory below 1.0",
+    )
+    return True
+
+
+def _row_5(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 5, documented Duffy-null with ANC >= 1.21, WBC >= 3.0 and no other concern."""
+    if not (
+        f.duffy_null
+        and f.anc is not None
+        and f.anc >= t.duffy_null_anc_floor
+        and f.wbc is not None
+        and f.wbc >= t.wbc_red_flag
+        and not f.fever
+        and not (f.bicytopenia or f.pancytopenia)
+        and not f.macrocytosis
+        and not f.decline
+        and not f.red_flags
+    ):
+        return False
+    d.set(Row.DUFFY_NULL, Risk.LOW, "Duffy-null phenotype explains the count")
+    d.reassuring = True
+    d.c.hit(
+        "duffy-null-no-workup",
+        f"Documented Duffy-null phenotype with ANC {num(f.anc)} >= "
+        f"{num(t.duffy_null_anc_floor)}, WBC >= {num(t.wbc_red_flag)} and no other concern: "
+        "no smear, B12/folate, referral or urgent evaluation",
+        SRC_DUFFY,
+    )
+    return True
+
+
+def _row_6(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 6, leukopenia or mild neutropenia with fever: same-day evaluation."""
+    if not (f.white_line and f.fever):
+        return False
+    d.set(Row.LOW_WITH_FEVER, Risk.MODERATE, f.white_words().lower() + " with fever")
+    d.evaluation(
+        Priority.URGENT,
+        t.urgent_evaluation_hours,
+        "Fever with a low white count may be a serious bacterial infection: same-day clinical "
+        "evaluation",
+        SRC_FEVER,
+    )
+    return True
+
+
+def _row_7(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 7, leukopenia or mild neutropenia with a concern: repeat CBC and targeted work-up."""
+    concerns = [
+        (f"WBC {_fmt(f.wbc)} below {num(t.wbc_red_flag)}", f.wbc_below_3),
+        ("bicytopenia", f.bicytopenia),
+        ("macrocytosis", f.macrocytosis),
+        ("progressive decline", bool(f.decline)),
+        (
+            "a red-flag condition (" + ", ".join(c.display for c in f.red_flags) + ")",
+            bool(f.red_flags),
+        ),
+        ("a high-risk medication", f.high_risk_medication),
+    ]
+    reasons = [label for label, on in concerns if on]
+    if not (f.white_line and reasons):
+        return False
+    d.set(Row.LOW_WITH_CONCERN, Risk.MODERATE, "low white count with a red flag")
+    ctx = f"{f.white_words()} with " + ", ".join(reasons)
+    if f.clozapine and f.decision_grade is NeutropeniaGrade.MILD:
+        d.repeat(
+            Priority.URGENT,
+            t.repeat_clozapine_start_d,
+            t.repeat_clozapine_end_d,
+            ctx + " (mild neutropenia on clozapine)",
+            SRC_CLOZAPINE,
+        )
+    else:
+        d.repeat(Priority.ROUTINE, t.repeat_mild_start_d, t.repeat_mild_end_d, ctx, SRC_WORKUP)
+    marrow = f.bicytopenia or f.macrocytosis or bool(f.decline)
+    if f.wbc_below_3 or marrow or f.red_flags:
+        d.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, ctx, SRC_WORKUP)
+    if marrow:
+        d.b12_folate(Priority.ROUTINE, ctx)
+    if f.bicytopenia or f.decline or f.red_flags:
+        d.add(
+            Action.HAEMATOLOGY_REFERRAL,
+            Priority.ROUTINE,
+            ctx,
+            SRC_WORKUP,
+            detail="haematology referral (an evolving marrow disorder is possible)",
+        )
+    return True
+
+
+def _row_8(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 8, persistent neutropenia: B12, folate and smear; referral optional."""
+    if not f.persistent:
+        return False
+    d.set(Row.PERSISTENT_NEUTROPENIA, Risk.MODERATE, "persistent neutropenia")
+    d.b12_folate(Priority.ROUTINE, f.persistent)
+    d.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, f.persistent, SRC_WORKUP)
+    d.add(Action.HAEMATOLOGY_REFERRAL, Priority.ROUTINE, f.persistent, SRC_WORKUP, optional=True)
+    return True
+
+
+def _row_9(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 9, stable chronic leukopenia with a normal ANC: reassuring, nothing to do."""
+    if not (f.leukopenia and f.stable and f.grade is NeutropeniaGrade.NONE and not f.red_flags):
+        return False
+    d.set(Row.STABLE_CHRONIC_LEUKOPENIA, Risk.LOW, "stable chronic leukopenia")
+    d.reassuring = True
+    d.c.hit(
+        "reassuring",
+        "Stable counts over time with a normal ANC are reassuring: no action needed",
+        SRC_WORKUP,
+    )
+    return True
+
+
+def _row_10(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 10, leukopenia or mild neutropenia otherwise: a routine repeat CBC."""
+    if not f.white_line:
+        return False
+    d.set(Row.LOW_OTHERWISE, Risk.LOW, f.white_words().lower())
+    if f.child and f.recent_viral:
+        d.repeat(
+            Priority.ROUTINE,
+            t.repeat_child_viral_start_d,
+            t.repeat_child_viral_end_d,
+            "Child with a recent viral illness: transient post-viral leukopenia is likely",
+            SRC_LLN_CHILD,
+        )
+    elif f.decision_grade is NeutropeniaGrade.MILD or f.anc_unknown:
+        # Mild neutropenia: 1-2 weeks; with the ANC unknown the ANC-unknown rule narrows it.
+        d.repeat(
+            Priority.ROUTINE,
+            t.repeat_mild_start_d,
+            t.repeat_mild_end_d,
+            f"{f.white_words()} ({f.anc_desc})",
+            SRC_WORKUP,
+        )
+    else:
+        d.repeat(
+            Priority.ROUTINE,
+            t.repeat_leukopenia_start_d,
+            t.repeat_leukopenia_end_d,
+            "Mild leukopenia with a normal ANC, to confirm stability",
+            SRC_WORKUP,
+        )
+    return True
+
+
+def _row_11(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    """Row 11, no leukopenia and the ANC unknown: a normal count; nothing is proposed."""
+    if not f.anc_unknown:
+        return False
+    d.set(Row.ANC_UNKNOWN_NORMAL_WBC, Risk.NEGLIGIBLE, "no leukopenia, ANC unknown")
+    d.c.issues.append(
+        DataIssue(
+            "no-differential",
+            "No differential in the latest CBC: the WBC is normal, so nothing is proposed",
+            severity="information",
+        )
+    )
+    return True
+
+
+def _row_12(f: Facts, d: _Decision, t: Thresholds) -> bool:
+    d.set(Row.NORMAL, Risk.NEGLIGIBLE, "normal")
+    return True
+
+
+#: Section 3, in order: the first row whose function returns True decides.
+ROWS: tuple[Callable[[Facts, _Decision, Thresholds], bool], ...] = (
+    _row_1,
+    _row_1b,
+    _row_2,
+    _row_3,
+    _row_4,
+    _row_5,
+    _row_6,
+    _row_7,
+    _row_8,
+    _row_9,
+    _row_10,
+    _row_11,
+    _row_12,
+)
+
+
+# --- Section 3a: modifiers on top of the first matching row ------------------------------------
+
+
+def _modifiers(f: Facts, d: _Decision, t: Thresholds) -> None:
+    cytopenia = f.white_line or f.anc_unknown or f.bicytopenia or f.pancytopenia
+    if f.fever and cytopenia:
+        # Rows 1, 1b (stat) and 6 (urgent) already ask for the evaluation.
+        if d.row not in (
+            Row.FEBRILE_NEUTROPENIA,
+            Row.PRESUMED_FEBRILE_NEUTROPENIA,
+            Row.LOW_WITH_FEVER,
+        ):
+            d.c.hit(
+                "modifier-fever",
+                "Fever with a cytopenia: urgent evaluation added, whatever the row",
+                table("3a"),
+            )
+            what = "low white count" if f.white_line else "white count whose ANC is unknown"
+            if f.pancytopenia:
+                what = "pancytopenia"
+            elif f.bicytopenia:
+                what = "bicytopenia"
+            d.evaluation(
+                Priority.URGENT,
+                t.urgent_evaluation_hours,
+                f"Fever with a {what} may be a serious bacterial infection: same-day clinical "
+                "evaluation",
+                SRC_FEVER,
+            )
+        d.raise_risk(Risk.MODERATE, "fever with a cytopenia", table("3a"))
+    if f.red_flags and f.white_line:
+        ctx = (
+            f"{f.white_words()} with a red-flag condition ("
+            + ", ".join(c.display for c in f.red_flags)
+            + ")"
+        )
+        d.add(Action.PERIPHERAL_SMEAR, Priority.ROUTINE, ctx, SRC_WORKUP)
+        d.add(Action.HAEMATOLOGY_REFERRAL, Priority.ROUTINE, ctx, SRC_WORKUP)
+        d.raise_risk(Risk.MODERATE, "a red-flag condition with a low white count", table("3a"))
+        d.reassuring = False
+
+
+def _anc_unknown_window(f: Facts, d: _Decision, t: Thresholds) -> None:
+    """ANC unknown: a proposed repeat CBC is with differential within 0-7 d, and within
+    0-2 d (asap) with WBC < 3.0, a red-flag condition or chemotherapy context."""
+    if not f.anc_unknown:
+        return
+    concern = [
+        label
+        for label, on in (
+            (f"WBC {_fmt(f.wbc)} < {num(t.wbc_red_flag)}", f.wbc_below_3),
+            ("a red-flag condition", bool(f.red_flags)),
+            ("chemotherapy context", bool(f.chemotherapy)),
+        )
+        if on
+    ]
+    cap = t.repeat_anc_unknown_concern_end_d if concern else t.repeat_anc_unknown_end_d
+    floor = Priority.ASAP if concern else Priority.ROUTINE
+    for i, rec in enumerate(d.recs):
+        if rec.action is not Action.REPEAT_CBC:
+            continue
+        _, latest_end, _ = d.window(0, cap)
+        if rec.end <= latest_end and rec.priority.rank >= floor.rank:
+            continue
+        why = "ANC unknown" + (" with " + ", ".join(concern) if concern else "")
+        new = replace(
+            rec,
+            start=min(rec.start, d.c.now) if rec.end > latest_end else rec.start,
+            end=min(rec.end, latest_end),
+            priority=floor if floor.rank > rec.priority.rank else rec.priority,
+            reason=f"{rec.reason}; {why}: a CBC with differential within 0-{cap} days",
+        )
+        d.recs[i] = new
+        d.c.hit(
+            "anc-unknown-window", f"{why}: repeat CBC within 0-{cap} days", table("3 (ANC unknown)")
+        )
+
+
+# --- The evaluation ----------------------------------------------------------------------------
+
+
+def _assess(labs: PatientLabs, now: datetime, horizon: datetime, t: Thresholds) -> Assessment:
+    c = _Ctx(labs, now, t, issues=list(labs.issues))
+    results, conflict_issues, clean_trace = dedupe(labs.results)
+    c.issues.extend(conflict_issues)
+    c.trace.extend(clean_trace)
+    draws, draw_trace, draw_issues = group_draws(results, t)
+    c.trace.extend(draw_trace)
+    c.issues.extend(draw_issues)
+    unusable = tuple(
+        i
+        for i in c.issues
+        if i.analyte in CBC_ANALYTES
+        and i.code not in _USED_ANYWAY
+        and (i.severity != "information" or i.code == "data-absent")
+    )
+    index = _index_draw(draws)
+    if index is None:
+        if unusable:
+            return _not_assessable(c, draws, unusable)
+        c.hit(
+            "no-index-cbc", "No WBC, ANC or neutrophil % result: nothing to assess.", table("1.4")
+        )
+        return _normal(c, draws, unusable)
+
+    c.hit(
+        "index-cbc",
+        f"Index CBC drawn {when(index.time)} ({', '.join(index.refs)})",
+        table("1.4 (most recent draw with WBC, ANC or neutrophil %)"),
+    )
+    if index.anc is not None:
+        if index.anc_derived:
+            c.hit(
+                "anc-derived",
+                f"ANC {num(index.anc)} derived as WBC x (neutrophils % + bands %) / 100 "
+                "from the same draw, rounded to 0.01",
+                table("1.5"),
+            )
+        else:
+            c.hit("anc-reported", f"ANC {num(index.anc)} reported", table("1.5"))
+    else:
+        c.hit(
+            "anc-unknown",
+            "ANC unknown: no ANC and no neutrophil % with WBC in the index draw",
+            table("1.5"),
+        )
+
+    f = _findings(c, draws, index, horizon)
+    if f.wbc is None and f.anc is None:
+        # A neutrophil % alone says nothing about the count: not a normal result (1.8).
+        return _not_assessable(c, draws, unusable)
+    d = _Decision(c, f)
+    for row in ROWS:
+        if row(f, d, t):
+            break
+    _modifiers(f, d, t)
+    _anc_unknown_window(f, d, t)
+    if d.risk is Risk.NEGLIGIBLE and not d.recs:
+        return _normal(c, draws, unusable, f, d.row)
+
+    preliminary = index.preliminary
+    if preliminary:
+        c.find(
+            "preliminary-data",
+            "Based on preliminary results: confirm when final results are available",
+            table("1.2"),
+        )
+    return Assessment(
+        patient_id=labs.patient_id,
+        now=now,
+        risk=d.risk,
+        row=d.row,
+        headline=_headline(f, d),
+        grade=f.grade,
+        index_draw=index,
+        wbc=f.wbc,
+        wbc_lln=f.wbc_lln,
+        anc_lln=f.anc_lln,
+        findings=tuple(c.findings),
+        recommendations=tuple(d.recs),
+        not_proposed=tuple(d.not_proposed),
+        medications=f.medications,
+        conditions=f.explaining + tuple(x for x in labs.conditions if x.kind == "duffy-null"),
+        mitigation=_mitigation(f, d),
+        trace=tuple(c.trace),
+        issues=tuple(c.issues),
+        preliminary=preliminary,
+        basis=_basis(f),
+        draws=tuple(draws),
+        decision_grade=f.decision_grade,
+        unusable=unusable,
+    )
+
+
+def _basis(f: Facts) -> tuple[str, ...]:
+    basis: list[str] = list(f.index.refs)
+    if f.wbc_result is not None and f.wbc_result.ref not in basis:
+        basis.append(f.wbc_result.ref)
+    if f.decline or f.stable or f.persistent:
+        for d in f.trend_draws:
+            if d is not f.index:
+                basis.extend(r for r in d.refs if r not in basis)
+    return tuple(basis)
+
+
+def _mitigation(f: Facts, d: _Decision) -> tuple[str, ...]:
+    out: list[str] = []
+    chemo_meds = [m.name for m in f.medications if m.antineoplastic]
+    other_meds = [m.name for m in f.medications if not m.antineoplastic]
+    if chemo_meds:
+        # Neutropenia is an expected effect of cytotoxic treatment: the oncology protocol
+        # (dose delay or reduction, growth factor) decides, not a generic "hold the drug".
+        out.append(
+            "On anticancer treatment (" + ", ".join(chemo_meds) + "): neutropenia is an "
+            "expected effect - manage per the oncology protocol and tell the treating oncology "
+            f"team ({cite(NICE_CG151, ASCO_IDSA_2018)})."
+        )
+    if other_meds and f.decision_grade.rank >= NeutropeniaGrade.MODERATE.rank:
+        out.append(
+            "Suspected drug-induced neutropenia: consider holding or stopping "
+            + ", ".join(other_meds)
+            + f" now, with haematology advice ({cite(ANDERSOHN_2007)})."
+        )
+    elif other_meds:
+        out.append("Review medications that lower white cells: " + ", ".join(other_meds) + ".")
+    elif not chemo_meds:
+        out.append("Review medications for drugs that lower white cells.")
+    if f.explaining:
+        out.append(
+            "Recorded conditions that can explain it: "
+            + ", ".join(cond.display for cond in f.explaining)
+            + "."
+        )
+    if f.fever:
+        out.append(
+            "The patient already has a fever: do not wait for new symptoms "
+            f"(fever with a low white count may be a serious bacterial infection; {SRC_FEVER})."
+        )
+    else:
+        out.append(INFECTION_WARNING)
+    return tuple(out)
 
 
 def _index_draw(draws: Sequence[Draw]) -> Draw | None:
     for d in reversed(draws):
-        if any(a in d.results for a in (Analyte.WBC, Analyte.ANC, Analyte.NEUTROPHIL_PERCENT)):
+        if any(a in d.results for a in _WHITE_ANALYTES):
             return d
     return None
 
@@ -846,16 +1300,16 @@ def _grade(anc: float | None, lln: float, t: Thresholds) -> NeutropeniaGrade:
 
 
 def _fever(
-    temps: Sequence[Result], index_time: datetime, now: datetime, t: Thresholds
+    temps: Sequence[Result], index_time: datetime, horizon: datetime, t: Thresholds
 ) -> str | None:
     since = index_time - timedelta(hours=t.fever_lookback_hours)
-    window = sorted((r for r in temps if since <= r.time <= now), key=lambda r: r.time)
+    window = sorted((r for r in temps if since <= r.time <= horizon), key=lambda r: r.time)
     single = [r for r in window if r.value >= t.fever_single_c]
     if single:
         top = max(single, key=lambda r: r.value)
         return (
-            f"Fever: {top.value:.1f} C at {_when(top.time)} (one reading >= "
-            f"{t.fever_single_c:.1f} C)"
+            f"Fever: {top.value:.1f} °C at {when(top.time)} (one reading >= "
+            f"{t.fever_single_c:.1f} °C)"
         )
     high = [r for r in window if r.value >= t.fever_sustained_c]
     gap = timedelta(hours=t.fever_sustained_gap_hours)
@@ -863,47 +1317,68 @@ def _fever(
         for b in high[i + 1 :]:
             if b.time - a.time >= gap:
                 return (
-                    f"Fever: {a.value:.1f} C at {_when(a.time)} and {b.value:.1f} C at "
-                    f"{_when(b.time)} (two readings >= {t.fever_sustained_c:.1f} C at least "
+                    f"Fever: {a.value:.1f} °C at {when(a.time)} and {b.value:.1f} °C at "
+                    f"{when(b.time)} (two readings >= {t.fever_sustained_c:.1f} °C at least "
                     f"{t.fever_sustained_gap_hours:g} h apart)"
                 )
     return None
 
 
-def _when(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%d %H:%M %Z").strip()
-
-
-def _anaemia(index: Draw, sex: str | None, age_y: int | None, t: Thresholds) -> str | None:
-    hb = index.value(Analyte.HAEMOGLOBIN)
+def _anaemia(
+    index: Draw,
+    sex: str | None,
+    age_y: int | None,
+    age_m: int | None,
+    pregnant: bool,
+    t: Thresholds,
+) -> str | None:
+    """WHO 2011 haemoglobin limits by age, sex and pregnancy."""
+    hb = index.results.get(Analyte.HAEMOGLOBIN)
     if hb is None:
         return None
-    if age_y is not None and age_y < t.hb_adult_age_years:
-        limit, who = t.hb_low_child, f"under {t.hb_adult_age_years} y"
+    if age_m is not None and age_m < 6:
+        return None  # WHO 2011 gives no limit under 6 months
+    if age_y is not None and age_y < 5:
+        limit, who = t.hb_low_6m_to_4y, "6 months-4 y"
+    elif age_y is not None and age_y < 12:
+        limit, who = t.hb_low_5_to_11y, "5-11 y"
+    elif age_y is not None and age_y < t.hb_adult_age_years:
+        limit, who = t.hb_low_12_to_14y, f"12-{t.hb_adult_age_years - 1} y"
+    elif pregnant and sex != "male":
+        limit, who = t.hb_low_pregnant, "pregnancy"
     elif sex == "male":
         limit, who = t.hb_low_male, "male"
     else:
         limit, who = t.hb_low_female, "female" if sex == "female" else "sex unknown"
-    if hb < limit:
-        return f"Anaemia: haemoglobin {num(hb)} g/dL (< {num(limit)}, {who})"
+    if hb.value < limit:
+        return f"Anaemia: haemoglobin {hb.shown} g/dL (< {num(limit)}, {who})"
     return None
 
 
-def _declining(values: Sequence[float], n: int) -> bool:
+def _decline(values: Sequence[float], n: int, min_fall: float) -> list[float] | None:
+    """The longest run of strictly falling values ending at the latest, when it has at
+    least n values and falls by at least min_fall in all; else None."""
     if len(values) < n:
-        return False
-    tail = values[-n:]
-    return all(b < a for a, b in zip(tail, tail[1:], strict=False))
+        return None
+    run = [values[-1]]
+    for v in reversed(values[:-1]):
+        if v > run[0]:
+            run.insert(0, v)
+        else:
+            break
+    if len(run) >= n and run[0] - run[-1] >= min_fall - 1e-9:
+        return run
+    return None
 
 
 def _stable(series: Sequence[tuple[datetime, float]], decline: bool, t: Thresholds) -> str | None:
-    if decline or len(series) < t.stable_min_results:
+    if decline or len(series) < t.stable_min_draws:
         return None
     span = (series[-1][0] - series[0][0]).days
     values = [v for _, v in series]
     if span >= t.stable_min_span_days and max(values) - min(values) <= t.stable_max_range:
         return (
-            f"Stable: {len(values)} WBC results over {span} days between "
+            f"Stable: {len(values)} WBC draws over {span} days between "
             f"{num(min(values))} and {num(max(values))}"
         )
     return None
@@ -922,9 +1397,6 @@ def _persistent(draws: Sequence[Draw], anc_lln: float, decline: bool, t: Thresho
     run.reverse()
     span = (run[-1].time - run[0].time).days
     ancs = [d.anc for d in run if d.anc is not None]
-    # "Not declining" is the progressive-decline finding (checked above). A drift of the ANC
-    # within lab noise (1.3, 1.25, 1.2) must not cancel persistence: that would give a
-    # drifting patient less work-up than a flat one.
     if span > t.persistent_min_span_days:
         return (
             f"Persistent neutropenia: ANC below {num(anc_lln)} on {len(run)} draws over "
@@ -933,56 +1405,117 @@ def _persistent(draws: Sequence[Draw], anc_lln: float, decline: bool, t: Thresho
     return None
 
 
-def _headline(
-    row: int,
-    label: str,
-    wbc: float | None,
-    anc: float | None,
-    derived: bool,
-    grade: NeutropeniaGrade,
-    fever: bool,
-) -> str:
-    counts = (
-        f"WBC {_fmt(wbc)}, ANC {_fmt(anc)}{' (derived)' if derived and anc is not None else ''}"
-    )
+def _headline(f: Facts, d: _Decision) -> str:
+    """One sentence, the most dangerous value first."""
+    counts = f.counts
+    grade = f.decision_grade.value
     text = {
-        1: f"Febrile neutropenia ({counts}): emergency evaluation and antibiotics within 1 hour",
-        2: f"{grade.value.capitalize()} neutropenia ({counts}): repeat CBC within 24 h, smear "
-        "and haematology referral",
-        3: f"Pancytopenia ({counts}): urgent haematology work-up",
-        4: f"Moderate neutropenia ({counts}): repeat CBC, smear and haematology referral",
-        5: f"Low count explained by documented Duffy-null phenotype ({counts}): no work-up needed",
-        6: f"{label[0].upper()}{label[1:]} ({counts}): same-day evaluation",
-        7: f"Low white count with red flags ({counts}): repeat CBC and work-up",
-        8: f"Persistent neutropenia ({counts}): B12, folate and smear",
-        9: f"Stable chronic leukopenia ({counts}): reassuring, no action needed",
-        10: f"{label[0].upper()}{label[1:]} ({counts}): repeat CBC",
-        11: f"ANC unknown ({counts}): repeat CBC with differential",
-    }.get(row, f"{label} ({counts})")
-    return text[:139]
-
-
-def _normal(
-    c: _Ctx, draws: Sequence[Draw], index: Draw | None, anc_lln: float, wbc_lln: float | None
-) -> Assessment:
-    grade = (
-        NeutropeniaGrade.NONE
-        if index is not None and index.anc is not None
-        else NeutropeniaGrade.UNKNOWN
+        Row.FEBRILE_NEUTROPENIA: f"Febrile neutropenia ({counts}): emergency evaluation and "
+        "antibiotics within 1 hour",
+        Row.PRESUMED_FEBRILE_NEUTROPENIA: f"Presumed febrile neutropenia ({counts}): treat as "
+        "neutropenic sepsis now, antibiotics within 1 hour",
+        Row.SEVERE_AFEBRILE: f"{grade.capitalize()} neutropenia ({counts}): repeat CBC within "
+        "24 h, smear and haematology referral",
+        Row.PANCYTOPENIA: f"Pancytopenia ({counts}): urgent haematology work-up",
+        Row.MODERATE_NEUTROPENIA: f"Moderate neutropenia ({counts}): repeat CBC, smear and "
+        "haematology referral",
+        Row.DUFFY_NULL: f"Low count explained by documented Duffy-null phenotype ({counts}): "
+        "no work-up needed",
+        Row.LOW_WITH_FEVER: f"{f.white_words()} with fever ({counts}): same-day evaluation",
+        Row.LOW_WITH_CONCERN: f"{f.white_words()} with red flags ({counts}): repeat CBC and "
+        "work-up",
+        Row.PERSISTENT_NEUTROPENIA: f"Persistent neutropenia ({counts}): B12, folate and smear",
+        Row.STABLE_CHRONIC_LEUKOPENIA: f"Stable chronic leukopenia ({counts}): reassuring, no "
+        "action needed",
+        Row.LOW_OTHERWISE: f"{f.white_words()} ({counts}): repeat CBC",
+        Row.ANC_UNKNOWN_NORMAL_WBC: f"No leukopenia, ANC unknown ({counts})",
+    }.get(d.row, f"{d.label} ({counts})")
+    fever_added = f.fever and d.row not in (
+        Row.FEBRILE_NEUTROPENIA,
+        Row.PRESUMED_FEBRILE_NEUTROPENIA,
+        Row.LOW_WITH_FEVER,
     )
+    if fever_added:
+        text = "FEVER - same-day evaluation. " + text
+    if d.row in (Row.DUFFY_NULL, Row.STABLE_CHRONIC_LEUKOPENIA) and not d.reassuring:
+        text = text.split(":")[0] + ": not reassuring with a red flag - smear and referral"
+    return text
+
+
+def _unusable_words(unusable: Sequence[DataIssue]) -> str:
+    parts = []
+    for i in unusable:
+        label = ANALYTE_LABEL[i.analyte] if i.analyte is not None else "result"
+        parts.append(f"{label} '{i.sent}'" if i.sent else label)
+    return ", ".join(dict.fromkeys(parts))
+
+
+def _not_assessable(c: _Ctx, draws: Sequence[Draw], unusable: tuple[DataIssue, ...]) -> Assessment:
+    words = _unusable_words(unusable) or "no usable WBC or ANC"
+    text = (
+        f"Could not be assessed: CBC results were sent but the white count could not be used "
+        f"({words}); check them - this is not a normal count"
+    )
+    c.hit("not-assessable", text, table("1.8 (unusable is not normal)"))
     return Assessment(
         patient_id=c.labs.patient_id,
         now=c.now,
         risk=Risk.NEGLIGIBLE,
-        row=12,
-        headline="No leukopenia or neutropenia",
+        row=Row.NOT_ASSESSABLE,
+        headline=text,
+        grade=NeutropeniaGrade.UNKNOWN,
+        index_draw=None,
+        wbc=None,
+        wbc_lln=None,
+        anc_lln=c.t.anc_lln_adult,
+        findings=(),
+        recommendations=(),
+        not_proposed=(),
+        medications=c.labs.medications,
+        conditions=(),
+        mitigation=(),
+        trace=tuple(c.trace),
+        issues=tuple(c.issues),
+        preliminary=False,
+        basis=(),
+        draws=tuple(draws),
+        unusable=unusable,
+    )
+
+
+def _normal(
+    c: _Ctx,
+    draws: Sequence[Draw],
+    unusable: tuple[DataIssue, ...],
+    f: Facts | None = None,
+    row: Row = Row.NORMAL,
+) -> Assessment:
+    index = f.index if f is not None else None
+    grade = f.grade if f is not None else NeutropeniaGrade.UNKNOWN
+    headline = "No leukopenia or neutropenia"
+    if f is None:
+        headline = "No CBC result (WBC, ANC or neutrophil %) to assess"
+    if row is Row.ANC_UNKNOWN_NORMAL_WBC:
+        headline = "No leukopenia (WBC normal; no differential, so the ANC is unknown)"
+    if unusable:
+        # Never a normal headline over an unused value (1.6, 1.8): name it first.
+        headline = (
+            f"NOT USED: {_unusable_words(unusable)} - check these values; the usable results "
+            f"show: {headline[0].lower()}{headline[1:]}"
+        )
+    return Assessment(
+        patient_id=c.labs.patient_id,
+        now=c.now,
+        risk=Risk.NEGLIGIBLE,
+        row=row,
+        headline=headline,
         grade=grade,
         decision_grade=grade,
         index_draw=index,
-        wbc=index.value(Analyte.WBC) if index else None,
-        wbc_lln=wbc_lln,
-        anc_lln=anc_lln,
-        findings=(),
+        wbc=f.wbc if f is not None else None,
+        wbc_lln=f.wbc_lln if f is not None else None,
+        anc_lln=f.anc_lln if f is not None else c.t.anc_lln_adult,
+        findings=tuple(c.findings) if unusable else (),
         recommendations=(),
         not_proposed=(),
         medications=c.labs.medications,
@@ -993,7 +1526,8 @@ def _normal(
         preliminary=bool(index and index.preliminary),
         basis=index.refs if index else (),
         draws=tuple(draws),
+        unusable=unusable,
     )
 
 
-__all__ = ["assess", "Medication", "ClinicalCondition"]
+__all__ = ["assess", "Facts", "ROWS", "Medication", "ClinicalCondition"]

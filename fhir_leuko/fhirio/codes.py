@@ -104,8 +104,9 @@ FINDING_DISPLAY: Mapping[str, str] = {
     "neutropenia-profound": "Profound neutropenia",
     "neutropenia-unknown": "Neutropenia status unknown",
     "febrile-neutropenia": "Febrile neutropenia",
+    "presumed-febrile-neutropenia": "Presumed febrile neutropenia",
     "fever": "Fever",
-    "wbc-below-3": "WBC below 3.0 x 10^9/L",
+    "wbc-below-3": "WBC below 3.0 ×10⁹/L",
     "anaemia": "Anaemia",
     "thrombocytopenia": "Thrombocytopenia",
     "bicytopenia": "Bicytopenia",
@@ -116,6 +117,7 @@ FINDING_DISPLAY: Mapping[str, str] = {
     "persistent": "Persistent neutropenia",
     "high-risk-medication": "High-risk medication",
     "duffy-null": "Duffy-null phenotype",
+    "red-flag-condition": "Red-flag condition",
     "preliminary-data": "Preliminary data",
     "paediatric-limits": "Paediatric limits applied",
 }
@@ -219,4 +221,5 @@ CONDITION_DISPLAY: Mapping[str, str] = {
     "alcohol-use": "alcohol use",
     "viral-infection": "viral infection",
     "duffy-null": "Duffy-null phenotype",
+    "red-flag-condition": "Red-flag condition",
 }

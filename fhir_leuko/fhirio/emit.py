@@ -149,19 +149,24 @@ def risk_assessment(a: Assessment) -> JSON:
         # Subscription worker); the profile still wants a reason and a mitigation.
         "reasonCode": [finding_concept(f) for f in a.findings] or [{"text": a.headline}],
         "prediction": [
-            {
-                "outcome": {"text": "Serious infection or an untreated marrow disorder"},
-                "qualitativeRisk": {
-                    "coding": [
-                        {
-                            "system": codes.RISK_PROBABILITY,
-                            "code": a.risk.value,
-                            "display": _RISK_DISPLAY[a.risk.value],
-                        }
-                    ]
-                },
-                "rationale": rationale(a),
-            }
+            _prune(
+                {
+                    "outcome": {"text": "Serious infection or an untreated marrow disorder"},
+                    # Not assessable (no usable white count): no risk is claimed at all.
+                    "qualitativeRisk": {
+                        "coding": [
+                            {
+                                "system": codes.RISK_PROBABILITY,
+                                "code": a.risk.value,
+                                "display": _RISK_DISPLAY[a.risk.value],
+                            }
+                        ]
+                    }
+                    if a.assessable
+                    else None,
+                    "rationale": rationale(a),
+                }
+            )
         ],
         "mitigation": " ".join(a.mitigation) or "None needed.",
         "note": notes or None,
@@ -237,20 +242,29 @@ def resources(a: Assessment) -> list[JSON]:
 
 def operation_outcome(a: Assessment) -> JSON | None:
     """The data issues, so that nothing we could not use is silently lost."""
-    if not a.issues:
+    if not a.issues and a.assessable:
         return None
-    return {
-        "resourceType": "OperationOutcome",
-        "issue": [
+    issues = [
+        {
+            "severity": i.severity,
+            "code": "informational" if i.severity == "information" else "invalid",
+            "details": {"text": i.code},
+            "diagnostics": i.message,
+        }
+        for i in a.issues
+    ]
+    if not a.assessable:
+        # Unusable is not normal (decision table 1.8): say so first.
+        issues.insert(
+            0,
             {
-                "severity": i.severity,
-                "code": "informational" if i.severity == "information" else "invalid",
-                "details": {"text": i.code},
-                "diagnostics": i.message,
-            }
-            for i in a.issues
-        ],
-    }
+                "severity": "error",
+                "code": "incomplete",
+                "details": {"text": "not-assessable"},
+                "diagnostics": a.headline,
+            },
+        )
+    return {"resourceType": "OperationOutcome", "issue": issues}
 
 
 def bundle(a: Assessment) -> JSON:

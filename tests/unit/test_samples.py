@@ -134,7 +134,7 @@ def test_output_meets_the_hand_written_expectation(name: str) -> None:
     srs = _resources(bundle, "ServiceRequest")
     problems: list[str] = []
 
-    if a.row != exp["row"]:
+    if a.row != str(exp["row"]):
         problems.append(f"decision row {a.row}, expected {exp['row']}")
     if exp["status"] is None:
         # Row 12: nothing is emitted, no card.
@@ -147,9 +147,14 @@ def test_output_meets_the_hand_written_expectation(name: str) -> None:
 
     assert len(ras) == 1, f"expected one RiskAssessment, got {len(ras)}"
     ra = ras[0]
-    risk = _codes([ra["prediction"][0]["qualitativeRisk"]], RISK_SYSTEM)
-    if risk != {exp["risk"]}:
-        problems.append(f"risk {sorted(risk)}, expected {exp['risk']}")
+    if exp["risk"] is None:
+        # Not assessable (1.8): no risk is claimed at all.
+        if "qualitativeRisk" in ra["prediction"][0]:
+            problems.append("a not-assessable result must claim no risk")
+    else:
+        risk = _codes([ra["prediction"][0]["qualitativeRisk"]], RISK_SYSTEM)
+        if risk != {exp["risk"]}:
+            problems.append(f"risk {sorted(risk)}, expected {exp['risk']}")
     if ra["status"] != exp["status"]:
         problems.append(f"RiskAssessment.status {ra['status']}, expected {exp['status']}")
 
@@ -172,6 +177,9 @@ def test_output_meets_the_hand_written_expectation(name: str) -> None:
         if "window_days" in want and exp.get("index_date"):
             index = date.fromisoformat(exp["index_date"])
             start, end = (index + timedelta(days=d) for d in want["window_days"])
+            # An order never starts in the past: a window that began before the evaluation
+            # starts on the evaluation date.
+            start = max(start, date.fromisoformat(NOW_TEXT[:10]))
             got = (sr["occurrencePeriod"]["start"][:10], sr["occurrencePeriod"]["end"][:10])
             if got != (start.isoformat(), end.isoformat()):
                 problems.append(

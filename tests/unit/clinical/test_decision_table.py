@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from fhir_leuko.clinical.model import Action, Assessment, NeutropeniaGrade, Priority, Risk
@@ -73,14 +75,14 @@ def test_derived_anc_of_exactly_1_5_is_not_neutropenia() -> None:
 
 def test_row1_febrile_neutropenia_is_high_risk_with_stat_evaluation() -> None:
     a = run(cbc(1.2, 0.4), obs(TEMP, 38.6, at(hours_before=1)))
-    assert (a.row, a.risk) == (1, Risk.HIGH)
+    assert (a.row, a.risk) == ("1", Risk.HIGH)
     assert actions(a) == {Action.URGENT_EVALUATION: Priority.STAT}
     assert {"febrile-neutropenia", "fever", "neutropenia-severe"} <= set(a.finding_codes)
 
 
 def test_row1_two_readings_of_38_0_an_hour_apart_count_as_fever() -> None:
     a = run(cbc(1.8, 0.8), obs(TEMP, 38.0, at(hours_before=3)), obs(TEMP, 38.1, at(hours_before=1)))
-    assert a.row == 1
+    assert a.row == "1"
 
 
 def test_two_readings_of_38_0_less_than_an_hour_apart_are_not_fever() -> None:
@@ -88,12 +90,12 @@ def test_two_readings_of_38_0_less_than_an_hour_apart_are_not_fever() -> None:
         cbc(1.8, 0.8), obs(TEMP, 38.0, at(hours_before=1)), obs(TEMP, 38.1, at(hours_before=0.5))
     )
     assert "fever" not in a.finding_codes
-    assert a.row == 4
+    assert a.row == "4"
 
 
 def test_fahrenheit_fever_is_converted() -> None:
     a = run(cbc(1.8, 0.8), obs(TEMP, 101.3, at(), unit="[degF]"))  # 38.5 C
-    assert a.row == 1
+    assert a.row == "1"
 
 
 def test_fever_more_than_24h_before_the_index_cbc_does_not_count() -> None:
@@ -101,10 +103,11 @@ def test_fever_more_than_24h_before_the_index_cbc_does_not_count() -> None:
     assert "fever" not in a.finding_codes
 
 
-def test_unknown_anc_with_wbc_below_1_and_fever_is_febrile_neutropenia() -> None:
-    # ANC can never exceed the WBC of the same draw: a WBC of 0.8 proves ANC < 1.0.
+def test_unknown_anc_with_wbc_below_1_and_fever_is_presumed_febrile_neutropenia() -> None:
+    # Row 1b (v2): fever, ANC unknown and WBC < 1.0: treat now, repeat CBC with diff stat.
     a = run(cbc(0.8), obs(TEMP, 38.5, at()))
-    assert a.row == 1 and a.risk is Risk.HIGH
+    assert a.row == "1b" and a.risk is Risk.HIGH
+    assert actions(a) == {Action.URGENT_EVALUATION: Priority.STAT, Action.REPEAT_CBC: Priority.STAT}
 
 
 # --- Row 2: severe / profound, afebrile ----------------------------------------------------------
@@ -113,21 +116,23 @@ def test_unknown_anc_with_wbc_below_1_and_fever_is_febrile_neutropenia() -> None
 @pytest.mark.parametrize("anc", [0.49, 0.1, 0.05])
 def test_row2_severe_or_profound_afebrile(anc: float) -> None:
     a = run(cbc(1.5, anc))
-    assert (a.row, a.risk) == (2, Risk.HIGH)
+    assert (a.row, a.risk) == ("2", Risk.HIGH)
     assert actions(a) == {
         Action.REPEAT_CBC: Priority.ASAP,
         Action.PERIPHERAL_SMEAR: Priority.ASAP,
         Action.HAEMATOLOGY_REFERRAL: Priority.ASAP,
     }
     repeat = next(r for r in a.recommendations if r.action is Action.REPEAT_CBC)
-    assert (repeat.end - repeat.start).days == 1
+    assert a.index_draw is not None
+    assert repeat.end - a.index_draw.time == timedelta(days=1)  # 0-1 d from the index CBC
+    assert repeat.start == NOW  # an order never starts in the past
 
 
 def test_unknown_anc_with_wbc_of_0_4_is_at_least_severe() -> None:
     a = run(cbc(0.4))
     assert a.grade is NeutropeniaGrade.UNKNOWN
     assert a.decision_grade is NeutropeniaGrade.SEVERE
-    assert a.row == 2 and a.risk is Risk.HIGH
+    assert a.row == "2" and a.risk is Risk.HIGH
 
 
 # --- Row 3: pancytopenia ---
@@ -135,7 +140,7 @@ def test_unknown_anc_with_wbc_of_0_4_is_at_least_severe() -> None:
 
 def test_row3_pancytopenia() -> None:
     a = run(cbc(2.5, 1.2, hb=9.0, plt=90))
-    assert (a.row, a.risk) == (3, Risk.HIGH)
+    assert (a.row, a.risk) == ("3", Risk.HIGH)
     assert "pancytopenia" in a.finding_codes
     assert actions(a) == {
         Action.REPEAT_CBC: Priority.ASAP,
@@ -151,7 +156,7 @@ def test_row3_pancytopenia() -> None:
 
 def test_row4_moderate_neutropenia() -> None:
     a = run(cbc(2.9, 0.8))
-    assert (a.row, a.risk) == (4, Risk.MODERATE)
+    assert (a.row, a.risk) == ("4", Risk.MODERATE)
     assert actions(a) == {
         Action.REPEAT_CBC: Priority.URGENT,
         Action.PERIPHERAL_SMEAR: Priority.URGENT,
@@ -163,9 +168,11 @@ def test_row4_moderate_neutropenia() -> None:
 
 def test_row4_moderate_on_clozapine_is_high_and_repeats_within_a_day() -> None:
     a = run(cbc(2.9, 0.8), med("clozapine 100 MG Oral Tablet", "197535"))
-    assert (a.row, a.risk) == (4, Risk.HIGH)
+    assert (a.row, a.risk) == ("4", Risk.HIGH)
     repeat = next(r for r in a.recommendations if r.action is Action.REPEAT_CBC)
-    assert (repeat.end - repeat.start).days == 1
+    assert a.index_draw is not None
+    assert repeat.end - a.index_draw.time == timedelta(days=1)  # 0-1 d from the index CBC
+    assert repeat.start == NOW  # an order never starts in the past
     assert a.medications[0].name == "clozapine"
     assert "name 'clozapine'" in a.medications[0].matched_by
 
@@ -175,7 +182,7 @@ def test_row4_moderate_on_clozapine_is_high_and_repeats_within_a_day() -> None:
 
 def test_row5_duffy_null_with_anc_1_3_needs_no_workup() -> None:
     a = run(cbc(3.6, 1.3), condition("Duffy null phenotype Fy(a-b-)"))
-    assert (a.row, a.risk) == (5, Risk.LOW)
+    assert (a.row, a.risk) == ("5", Risk.LOW)
     assert a.recommendations == ()
     assert "duffy-null" in a.finding_codes
 
@@ -189,12 +196,12 @@ def test_duffy_null_is_not_inferred_from_race() -> None:
         }
     ]
     a = evaluate(bundle(p, cbc(3.6, 1.3)), now=NOW)
-    assert a.row != 5
+    assert a.row != "5"
 
 
 def test_duffy_null_with_fever_still_gets_evaluated() -> None:
     a = run(cbc(3.6, 1.3), condition("Duffy null phenotype Fy(a-b-)"), obs(TEMP, 38.4, at()))
-    assert a.row == 6
+    assert a.row == "6"
 
 
 # --- Row 6: fever with leukopenia / mild neutropenia ---------------------------------------------
@@ -202,7 +209,7 @@ def test_duffy_null_with_fever_still_gets_evaluated() -> None:
 
 def test_row6_fever_with_mild_neutropenia_is_same_day_evaluation() -> None:
     a = run(cbc(3.1, 1.2), obs(TEMP, 38.4, at()))
-    assert (a.row, a.risk) == (6, Risk.MODERATE)
+    assert (a.row, a.risk) == ("6", Risk.MODERATE)
     assert actions(a) == {Action.URGENT_EVALUATION: Priority.URGENT}
 
 
@@ -211,7 +218,7 @@ def test_row6_fever_with_mild_neutropenia_is_same_day_evaluation() -> None:
 
 def test_row7_wbc_below_3() -> None:
     a = run(cbc(2.8, 1.6))
-    assert (a.row, a.risk) == (7, Risk.MODERATE)
+    assert (a.row, a.risk) == ("7", Risk.MODERATE)
     assert actions(a) == {
         Action.REPEAT_CBC: Priority.ROUTINE,
         Action.PERIPHERAL_SMEAR: Priority.ROUTINE,
@@ -221,7 +228,7 @@ def test_row7_wbc_below_3() -> None:
 
 def test_row7_bicytopenia_with_macrocytosis_proposes_b12_folate_and_referral() -> None:
     a = run(cbc(3.5, 1.6, hb=11.0, mcv=104))
-    assert a.row == 7
+    assert a.row == "7"
     assert {"bicytopenia", "macrocytosis", "anaemia"} <= set(a.finding_codes)
     assert set(actions(a)) == {
         Action.REPEAT_CBC,
@@ -254,22 +261,24 @@ def test_row7_b12_in_pmol_per_litre_is_converted() -> None:
 
 def test_row7_progressive_decline() -> None:
     a = run(cbc(4.6, 2.5, when=at(60)), cbc(4.1, 2.2, when=at(30)), cbc(3.7, 2.0))
-    assert a.row == 7
+    assert a.row == "7"
     assert "progressive-decline" in a.finding_codes
     assert Action.HAEMATOLOGY_REFERRAL in actions(a)
 
 
 def test_row7_mild_neutropenia_on_clozapine_repeats_within_a_day() -> None:
     a = run(cbc(3.8, 1.3), med("Clozapine", "2626"))
-    assert a.row == 7
+    assert a.row == "7"
     repeat = next(r for r in a.recommendations if r.action is Action.REPEAT_CBC)
-    assert (repeat.end - repeat.start).days == 1
+    assert a.index_draw is not None
+    assert repeat.end - a.index_draw.time == timedelta(days=1)  # 0-1 d from the index CBC
+    assert repeat.start == NOW  # an order never starts in the past
     assert a.medications[0].matched_by == "RxNorm ingredient 2626"
 
 
 def test_corticosteroids_are_not_high_risk() -> None:
     a = run(cbc(3.8, 1.6), med("prednisone 20 MG Oral Tablet", "312617"))
-    assert a.row == 10
+    assert a.row == "10"
     assert a.medications == ()
 
 
@@ -278,7 +287,7 @@ def test_corticosteroids_are_not_high_risk() -> None:
 
 def test_row8_persistent_mild_neutropenia() -> None:
     a = run(cbc(4.2, 1.3, when=at(120)), cbc(4.3, 1.2, when=at(60)), cbc(4.1, 1.3))
-    assert (a.row, a.risk) == (8, Risk.MODERATE)
+    assert (a.row, a.risk) == ("8", Risk.MODERATE)
     assert "persistent" in a.finding_codes
     acts = actions(a)
     assert Action.REPEAT_CBC not in acts
@@ -289,7 +298,7 @@ def test_row8_persistent_mild_neutropenia() -> None:
 
 def test_persistence_needs_more_than_90_days() -> None:
     a = run(cbc(4.2, 1.3, when=at(80)), cbc(4.3, 1.2, when=at(40)), cbc(4.1, 1.3))
-    assert a.row == 10
+    assert a.row == "10"
 
 
 # --- Row 9: stable -------------------------------------------------------------------------------
@@ -297,7 +306,7 @@ def test_persistence_needs_more_than_90_days() -> None:
 
 def test_row9_stable_chronic_leukopenia_is_reassuring() -> None:
     a = run(cbc(3.6, 1.8, when=at(270)), cbc(3.8, 1.9, when=at(120)), cbc(3.7, 1.8))
-    assert (a.row, a.risk) == (9, Risk.LOW)
+    assert (a.row, a.risk) == ("9", Risk.LOW)
     assert a.recommendations == ()
     assert "stable" in a.finding_codes
 
@@ -308,7 +317,7 @@ def test_row9_stable_chronic_leukopenia_is_reassuring() -> None:
 def test_row10_seed_002_example() -> None:
     # Seed 002: WBC 3.4 x 10^9/L (normal 4.5-11.0), ANC 1207/mm3.
     a = run(obs(WBC, 3.4, at(), unit="10*9/L", low=4.5), obs(ANC, 1207, at(), unit="/mm3"))
-    assert (a.row, a.risk) == (10, Risk.LOW)
+    assert (a.row, a.risk) == ("10", Risk.LOW)
     assert {"leukopenia", "neutropenia-mild"} <= set(a.finding_codes)
     repeat = a.recommendations[0]
     assert repeat.action is Action.REPEAT_CBC and repeat.priority is Priority.ROUTINE
@@ -318,7 +327,7 @@ def test_row10_seed_002_example() -> None:
 
 def test_row10_leukopenia_with_normal_anc_repeats_in_4_to_6_weeks() -> None:
     a = run(cbc(3.6, 2.0))
-    assert a.row == 10
+    assert a.row == "10"
     r = a.recommendations[0]
     assert ((r.start - a.index_draw.time).days, (r.end - a.index_draw.time).days) == (28, 42)  # type: ignore[union-attr]
 
@@ -329,7 +338,7 @@ def test_row10_child_uses_paediatric_limits_and_viral_window() -> None:
         bundle(p, cbc(5.0, 2.0), condition("Viral upper respiratory infection", onset=at(10))),
         now=NOW,
     )
-    assert a.row == 10
+    assert a.row == "10"
     assert "paediatric-limits" in a.finding_codes and "leukopenia" in a.finding_codes
     r = a.recommendations[0]
     assert ((r.start - a.index_draw.time).days, (r.end - a.index_draw.time).days) == (21, 28)  # type: ignore[union-attr]
@@ -347,16 +356,17 @@ def test_infant_anc_limit_is_1_0() -> None:
 # --- Row 11 / 12 ---------------------------------------------------------------------------------
 
 
-def test_row11_no_differential_with_normal_wbc() -> None:
+def test_row11_no_differential_with_normal_wbc_is_a_normal_count() -> None:
+    # v2: a normal WBC without a differential is a normal count; nothing is proposed.
     a = run(cbc(6.5))
-    assert (a.row, a.risk) == (11, Risk.LOW)
-    assert actions(a) == {Action.REPEAT_CBC: Priority.ROUTINE}
-    assert "neutropenia-unknown" in a.finding_codes
+    assert (a.row, a.risk) == ("11", Risk.NEGLIGIBLE)
+    assert a.recommendations == () and not a.actionable
+    assert any(i.code == "no-differential" for i in a.issues)
 
 
 def test_row12_normal_cbc_emits_nothing() -> None:
     a = run(cbc(6.5, 3.8, hb=14.0, plt=250))
-    assert (a.row, a.risk) == (12, Risk.NEGLIGIBLE)
+    assert (a.row, a.risk) == ("12", Risk.NEGLIGIBLE)
     assert not a.actionable and a.recommendations == ()
 
 
@@ -390,7 +400,7 @@ def test_preliminary_result_marks_the_assessment_preliminary() -> None:
 def test_preliminary_result_never_suppresses_an_alert_from_final_results() -> None:
     a = run(cbc(1.5, 0.3, when=at(1)), cbc(6.0, 3.5, status="preliminary"))
     assert a.risk is Risk.HIGH
-    assert any(h.rule == "preliminary-cannot-suppress" for h in a.trace)
+    assert any(h.rule == "provisional-cannot-suppress" for h in a.trace)
 
 
 def test_every_rule_in_the_trace_cites_a_source() -> None:
@@ -407,4 +417,4 @@ def test_mitigation_names_infection_warning_signs_and_medications() -> None:
         med("sulfamethoxazole 800 MG / trimethoprim 160 MG", None),
     )
     text = " ".join(a.mitigation)
-    assert "fever above 38.0 C" in text and "sulfamethoxazole/trimethoprim" in text
+    assert "fever above 38.0 °C" in text and "sulfamethoxazole/trimethoprim" in text

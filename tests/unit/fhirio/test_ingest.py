@@ -219,10 +219,17 @@ def test_missing_birth_date_is_reported_as_ambiguity() -> None:
     assert "no-birth-date" in issue_codes(bundle(p, cbc(3.5, 2.0)))
 
 
-def test_future_results_are_not_used() -> None:
+def test_results_up_to_24h_ahead_may_raise_and_are_reported() -> None:
+    # v2 1.6: 12 h ahead (a time-zone error?) is used, as a provisional result.
     a = evaluate(bundle(patient(), cbc(1.0, 0.2, when="2026-03-11T00:00:00Z")), now=NOW)
-    assert a.index_draw is None
-    assert "future-time" in {i.code for i in a.issues}
+    assert a.index_draw is not None and a.risk.value == "high"
+    assert "future-time-provisional" in {i.code for i in a.issues}
+
+
+def test_results_more_than_24h_ahead_are_not_used_but_named() -> None:
+    a = evaluate(bundle(patient(), cbc(1.0, 0.2, when="2026-03-13T00:00:00Z")), now=NOW)
+    assert a.index_draw is None and not a.assessable
+    assert "future-time" in {i.code for i in a.issues} and "0.2" in a.headline
 
 
 def test_another_patients_demographics_are_never_used() -> None:
