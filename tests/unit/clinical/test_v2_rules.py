@@ -317,7 +317,7 @@ def test_red_flag_makes_stable_chronic_leukopenia_not_reassuring() -> None:
     assert Action.HAEMATOLOGY_REFERRAL in actions(a)
 
 
-# --- Row 1b presumed febrile neutropenia ------------------------------------------------------------
+# --- Row 1b presumed febrile neutropenia ---------------------------------------------------
 
 
 def test_fever_on_docetaxel_with_wbc_1_8_and_no_differential_is_row_1b() -> None:
@@ -345,7 +345,7 @@ def test_fever_with_wbc_1_8_no_differential_and_no_chemotherapy_is_not_row_1b() 
     assert actions(a)[Action.URGENT_EVALUATION] is Priority.URGENT
 
 
-# --- Section 3a modifiers --------------------------------------------------------------------------
+# --- Section 3a modifiers -------------------------------------------------------------------
 
 
 def test_pancytopenia_with_fever_adds_urgent_evaluation() -> None:
