@@ -714,18 +714,18 @@ class _Decision:
                     )
                 return
         for order in self.c.labs.open_orders:
-            if order.action is rec.action and order.priority.rank >= rec.priority.rank:
+            if order.action is rec.action:
+                # Never propose what is open; when the open order is less urgent than this
+                # finding needs, say so loudly instead of ordering a duplicate.
                 msg = f"{label} not proposed: already open as {order.ref} ({order.priority.value})"
+                if order.priority.rank < rec.priority.rank:
+                    msg += (
+                        f" - this finding calls for {rec.priority.value} by "
+                        f"{when(rec.end)}: expedite the open order"
+                    )
                 self.not_proposed.append(msg)
                 self.c.hit("already-open", msg, table("section 3 (never propose what is open)"))
                 return
-        for order in self.c.labs.open_orders:
-            if order.action is rec.action:
-                rec = replace(
-                    rec,
-                    reason=rec.reason + f"; the open {order.ref} is only "
-                    f"{order.priority.value}, which is not soon enough",
-                )
         self.recs.append(rec)
         self.c.hit(
             f"suggest:{rec.action.value}",

@@ -379,9 +379,11 @@ def test_open_repeat_cbc_is_not_proposed_again() -> None:
     assert any("already open" in n for n in a.not_proposed)
 
 
-def test_open_routine_order_does_not_suppress_an_asap_repeat() -> None:
+def test_open_routine_order_is_not_duplicated_but_flagged_for_expediting() -> None:
+    # Never propose what is open (section 3); a less urgent open order is named loudly.
     a = run(cbc(1.5, 0.3), order("http://loinc.org", "57021-8", priority="routine"))
-    assert actions(a)[Action.REPEAT_CBC] is Priority.ASAP
+    assert Action.REPEAT_CBC not in actions(a)
+    assert any("expedite the open order" in n and "asap" in n for n in a.not_proposed)
 
 
 def test_completed_order_does_not_count_as_open() -> None:
