@@ -876,6 +876,7 @@ def _row_5(f: Facts, d: _Decision, t: Thresholds) -> bool:
     """Row 5, documented Duffy-null with ANC >= 1.21, WBC >= 3.0 and no other concern."""
     if not (
         f.duffy_null
+        and f.white_line  # a low count to explain; a normal count needs no row
         and f.anc is not None
         and f.anc >= t.duffy_null_anc_floor
         and f.wbc is not None
@@ -1084,6 +1085,16 @@ def _modifiers(f: Facts, d: _Decision, t: Thresholds) -> None:
                 SRC_FEVER,
             )
         d.raise_risk(Risk.MODERATE, "fever with a cytopenia", table("3a"))
+        if f.anc_unknown and d.row is not Row.PRESUMED_FEBRILE_NEUTROPENIA:
+            # Fever with the ANC unknown: the differential is what rules febrile neutropenia
+            # in or out, so it is asked for today, never later than without the fever.
+            d.repeat(
+                Priority.URGENT,
+                0,
+                1,
+                "Fever with the ANC unknown: a differential rules febrile neutropenia in or out",
+                SRC_FEVER,
+            )
     if f.red_flags and f.white_line:
         ctx = (
             f"{f.white_words()} with a red-flag condition ("

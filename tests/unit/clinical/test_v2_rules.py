@@ -343,6 +343,9 @@ def test_fever_with_wbc_1_8_no_differential_and_no_chemotherapy_is_not_row_1b() 
     a = run(r(Analyte.WBC, 1.8, at()), temp(38.5))
     assert a.row == Row.LOW_WITH_FEVER and a.risk is Risk.MODERATE
     assert actions(a)[Action.URGENT_EVALUATION] is Priority.URGENT
+    # WBC < 3.0 with the ANC unknown: the differential within 0-2 days, asap.
+    assert actions(a)[Action.REPEAT_CBC] is Priority.ASAP
+    assert window_days(a, Action.REPEAT_CBC)[1] <= 2
 
 
 # --- Section 3a modifiers -------------------------------------------------------------------
@@ -358,7 +361,11 @@ def test_pancytopenia_with_fever_adds_urgent_evaluation() -> None:
 def test_fever_with_a_normal_wbc_and_unknown_anc_is_evaluated() -> None:
     a = run(r(Analyte.WBC, 6.0, at()), temp(38.6))
     assert a.row == Row.ANC_UNKNOWN_NORMAL_WBC and a.risk is Risk.MODERATE
-    assert actions(a) == {Action.URGENT_EVALUATION: Priority.URGENT}
+    # ... and a differential today, which rules febrile neutropenia in or out.
+    assert actions(a) == {
+        Action.URGENT_EVALUATION: Priority.URGENT,
+        Action.REPEAT_CBC: Priority.URGENT,
+    }
 
 
 # --- ANC-unknown windows, rows 7, 10 and 11 ------------------------------------------------------
