@@ -7,6 +7,7 @@ server.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import orjson
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from fhir_leuko.clinical.references import REFERENCES
+from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS
+from fhir_leuko.fhirio.codes import FINDING_DISPLAY
 from fhir_leuko.fhirio.profiles import PROFILES_DIR, codes_of
 from tests.oracles import (
     ACTION_SYSTEM,
@@ -158,10 +162,119 @@ def test_code_systems_hold_exactly_the_contract_codes(
         assert len(concept["definition"]) > 40, concept["code"]
 
 
-def test_finding_definitions_cite_their_rule() -> None:
+#: Internal working material that a FHIR user cannot look up: a seed file cited by number
+#: ("seed 002", "seeds 000-004"), "all seeds", or the file names of the project's notes.
+WORKING_MATERIAL = re.compile(
+    r"\bseeds?\s+\d{3}|\ball\s+seeds\b|clinical-rules\.md|codes\.md", re.IGNORECASE
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "seed 000",
+        "seeds 000 and 002",
+        "Seeds 000-004",
+        "all seeds",
+        "see clinical-rules.md",
+        "codes.md",
+    ],
+)
+def test_working_material_pattern_catches_every_form(text: str) -> None:
+    assert WORKING_MATERIAL.search(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["fhir-leuko decision table row 1b", "fhir_leuko/fhirio/codes.py", "seeded"]
+)
+def test_working_material_pattern_leaves_public_citations_alone(text: str) -> None:
+    assert not WORKING_MATERIAL.search(text)
+
+
+def test_no_published_file_cites_working_material() -> None:
+    files = sorted(p for p in PROFILES_DIR.iterdir() if p.is_file())
+    assert PROFILES_DIR / "README.md" in files
+    cited = {
+        p.name: sorted({m.group(0) for m in WORKING_MATERIAL.finditer(p.read_text("utf-8"))})
+        for p in files
+    }
+    assert {name: hits for name, hits in cited.items() if hits} == {}
+
+
+def test_finding_definitions_cite_the_decision_table_and_known_references() -> None:
     for concept in BY_URL[FINDING_SYSTEM]["concept"]:
         definition = concept["definition"]
-        assert "clinical-rules.md" in definition or "seed" in definition, concept["code"]
+        assert "fhir-leuko decision table" in definition, concept["code"]
+    # Every reference the decision table rests on is cited somewhere, by its short name.
+    text = " ".join(c["definition"] for c in BY_URL[FINDING_SYSTEM]["concept"])
+    missing = [r.short for r in REFERENCES if r.short not in text]
+    assert missing == []
+
+
+def test_code_system_defines_every_emitted_finding_with_the_emitted_display() -> None:
+    displays = {c["code"]: c["display"] for c in BY_URL[FINDING_SYSTEM]["concept"]}
+    assert displays == dict(FINDING_DISPLAY)
+
+
+@pytest.mark.parametrize(
+    ("code", "row", "reference"),
+    [
+        ("presumed-febrile-neutropenia", "row 1b", "NICE CG151"),
+        ("red-flag-condition", "section 2, 'red-flag condition'", "Gibson & Berliner 2014"),
+        ("febrile-neutropenia", "row 1", "ASCO/IDSA 2018"),
+        ("anaemia", "section 2, 'anaemia'", "WHO 2011"),
+        ("duffy-null", "row 5", "Merz 2023"),
+        ("paediatric-limits", "section 2, 'LLN, under 18'", "Harriet Lane"),
+    ],
+)
+def test_finding_definitions_name_their_row_and_reference(
+    code: str, row: str, reference: str
+) -> None:
+    (concept,) = [c for c in BY_URL[FINDING_SYSTEM]["concept"] if c["code"] == code]
+    assert row in concept["definition"]
+    assert reference in concept["definition"]
+
+
+@pytest.mark.parametrize(
+    ("code", "numbers"),
+    [
+        # version 2 of the decision table, as the thresholds module holds it
+        (
+            "paediatric-limits",
+            (
+                DEFAULT_THRESHOLDS.wbc_lln_under_2y,
+                DEFAULT_THRESHOLDS.wbc_lln_2_to_7y,
+                DEFAULT_THRESHOLDS.wbc_lln_8_to_17y,
+                DEFAULT_THRESHOLDS.anc_lln_neonate,
+                DEFAULT_THRESHOLDS.anc_lln_1m_to_1y,
+                DEFAULT_THRESHOLDS.anc_lln_from_1y,
+            ),
+        ),
+        (
+            "anaemia",
+            (
+                DEFAULT_THRESHOLDS.hb_low_male,
+                DEFAULT_THRESHOLDS.hb_low_female,
+                DEFAULT_THRESHOLDS.hb_low_pregnant,
+                DEFAULT_THRESHOLDS.hb_low_5_to_11y,
+            ),
+        ),
+        (
+            "progressive-decline",
+            (DEFAULT_THRESHOLDS.decline_min_fall_wbc, DEFAULT_THRESHOLDS.decline_min_fall_anc),
+        ),
+        ("macrocytosis", (DEFAULT_THRESHOLDS.mcv_high,)),
+        ("presumed-febrile-neutropenia", (DEFAULT_THRESHOLDS.presumed_fn_wbc_below,)),
+        ("duffy-null", (DEFAULT_THRESHOLDS.duffy_null_anc_floor,)),
+        ("fever", (DEFAULT_THRESHOLDS.fever_single_c, DEFAULT_THRESHOLDS.fever_sustained_c)),
+    ],
+)
+def test_finding_definitions_state_the_version_2_numbers(
+    code: str, numbers: tuple[float, ...]
+) -> None:
+    (concept,) = [c for c in BY_URL[FINDING_SYSTEM]["concept"] if c["code"] == code]
+    stated = {float(n) for n in re.findall(r"(?<![\d.])\d+(?:\.\d+)?", concept["definition"])}
+    assert set(numbers) <= stated, sorted(set(numbers) - stated)
 
 
 def test_codes_of_an_unpublished_system_is_an_error() -> None:
@@ -219,6 +332,19 @@ def test_high_risk_medications_are_rxnorm_ingredients_without_corticosteroids() 
     assert len(codes) == len(set(codes)) == 29
     assert {"2626", "10831", "121191"} <= set(codes)  # clozapine, SMX/TMP, rituximab
     assert "5521" not in codes  # hydroxychloroquine is explicitly not high-risk (codes.md)
+
+
+def test_high_risk_medications_include_every_cytotoxic_antineoplastic_by_atc_class() -> None:
+    vs = _valueset("high-risk-medications")
+    atc = [inc for inc in vs["compose"]["include"] if inc["system"] == "http://www.whocc.no/atc"]
+    assert atc == [
+        {
+            "system": "http://www.whocc.no/atc",
+            "filter": [{"property": "concept", "op": "is-a", "value": "L01"}],
+        }
+    ]
+    assert "names are also matched in text" in vs["description"].lower()
+    assert "codes unverified" in vs["description"]
 
 
 @pytest.mark.parametrize("sd", _of_type("StructureDefinition"), ids=lambda sd: sd["id"])
