@@ -16,7 +16,8 @@ from ``docs/clinical-rules.md``. So:
 Usage: ``python samples/regenerate.py [--write] [--check] [NAME ...]`` (NAME: a sample stem such
 as ``06-pancytopenia``). ``--check`` exits 1 when any output differs (for CI). Every output is
 ``fhir-leuko evaluate FILE --now 2026-03-10T12:00:00Z --format json``, run as a subprocess of
-this interpreter so the bytes are exactly what the CLI prints.
+this interpreter so the bytes are exactly what the CLI prints. A sample may carry its own
+``evaluation_time`` in ``expectations.json``.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             note = " (a stale expected output exists: delete it)" if target.exists() else ""
             print(f"{sample.stem}: skipped, engine disagrees with the rules{note}")
             continue
-        new = evaluate_cli(sample, now)
+        new = evaluate_cli(sample, exp.get("evaluation_time", now))
         old = target.read_bytes() if target.exists() else b""
         if new == old:
             continue
