@@ -635,7 +635,7 @@ _PRIORITIES = {p.value: p for p in Priority}
 _MALFORMED = (TypeError, AttributeError, ValueError, KeyError, IndexError)
 
 #: One number with an optional comparator, as labs send it in text: '<0.1', '< 0.1', '>=12'.
-_TEXT_NUMBER = re.compile(r"\s*(<=|>=|<|>|\u2264|\u2265)?\s*(\d+(?:\.\d+)?|\.\d+)\s*")
+_TEXT_NUMBER = re.compile(r"\s*(<=|>=|<|>|\u2264|\u2265)?\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*")
 _UNICODE_COMPARATORS = {"\u2264": "<=", "\u2265": ">="}
 
 
