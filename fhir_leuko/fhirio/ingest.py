@@ -338,6 +338,7 @@ def _collect(doc: Any, out: _Collected, depth: int) -> None:
         if not isinstance(entries, list):
             raise InputError("Bundle.entry is not a list")
         resources, aliases, bases = out.resources, out.aliases, out.bases
+        known = "\0"  # the base + "/" of the last absolute fullUrl (a searchset has one)
         for e in entries:
             res = e.get("resource") if isinstance(e, dict) else None
             if not isinstance(res, dict):
@@ -354,12 +355,15 @@ def _collect(doc: Any, out: _Collected, depth: int) -> None:
                 if not isinstance(rid, str):
                     res = {**res, "_fullUrl": full}
                     aliases[full] = full
+                elif full.startswith(known):
+                    pass
                 elif full.startswith("urn:"):
                     aliases[full] = f"{rt}/{rid}"
                 else:
                     cut = full.rfind(f"/{rt}/")
                     if cut > 0:
                         bases.add(full[:cut])
+                        known = full[: cut + 1]
             resources.append(res)
         return
     out.resources.append(doc)
@@ -696,6 +700,8 @@ class _Reader:
         self.issues: list[DataIssue] = []  # about the input as a whole
         self.owned: dict[str | None, _Owned] = {}
         self.cur = self._owned(None)
+        self._last_subject: str | None = None
+        self._last_owned = self.cur
         self._plausible: Mapping[Analyte, tuple[float, float]] = {
             Analyte.WBC: (0.0, t.wbc_max_plausible),
             Analyte.ANC: (0.0, t.anc_max_plausible),
@@ -724,12 +730,19 @@ class _Reader:
         """Make the subject of ``res`` (or of ``subject_of``) the owner of what is read next,
         and count ``res`` among that owner's resources."""
         subject = _subject_of(res if subject_of is None else subject_of)
-        if subject is not None and subject.startswith("urn:") and subject not in self.aliases:
-            subject = None  # a Bundle-local reference to nothing in the input: unverifiable
-        o = self._owned(subject)
+        if subject == self._last_subject:
+            o = self._last_owned
+        else:
+            key = subject
+            if key is not None and key.startswith("urn:") and key not in self.aliases:
+                key = None  # a Bundle-local reference to nothing in the input: unverifiable
+            o = self._owned(key)
+            self._last_subject, self._last_owned = subject, o
         rt = res.get("resourceType")
-        key = rt if isinstance(rt, str) else "resource"
-        o.counts[key] = o.counts.get(key, 0) + 1
+        if not isinstance(rt, str):
+            rt = "resource"
+        counts = o.counts
+        counts[rt] = counts.get(rt, 0) + 1
         self.cur = o
 
     def _patient_of(self, subject: str) -> tuple[str | None, str | None]:

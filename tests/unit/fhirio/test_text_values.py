@@ -164,6 +164,8 @@ def test_parse_text_value(text: str, parsed: tuple[str | None, float]) -> None:
     assert parse_text_value(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["3,400", "NaN", "inf", "1.2.3", "-1", "+2", "<<1", "\u0661\u0662"])
+@pytest.mark.parametrize(
+    "text", ["3,400", "NaN", "inf", "1.2.3", "-1", "+2", "<<1", "\u0661\u0662"]
+)
 def test_parse_text_value_refuses(text: str) -> None:
     assert parse_text_value(text) is None
