@@ -211,7 +211,11 @@ def _fetch(args: argparse.Namespace) -> int:
     with _fhir_client(args.fhir_base, args.token, args.timeout) as client:
         data = fetch_patient_data(client, args.patient, now)
         assessment = evaluate(
-            data, now=now, thresholds=settings.thresholds, patient_id=args.patient
+            data,
+            now=now,
+            thresholds=settings.thresholds,
+            patient_id=args.patient,
+            fhir_base=args.fhir_base,
         )
         if args.format == "text":
             sys.stdout.write(text_report(assessment))

@@ -22,11 +22,18 @@ def evaluate(
     now: datetime | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     patient_id: str | None = None,
+    fhir_base: str | None = None,
 ) -> Assessment:
-    """Evaluate FHIR input (raw JSON bytes/str, or already-parsed JSON) for one patient."""
+    """Evaluate FHIR input (raw JSON bytes/str, or already-parsed JSON) for one patient.
+
+    ``patient_id``: the patient evaluated; other patients' resources are left out and
+    reported. ``fhir_base``: the server the data came from (absolute subject references on
+    another server are not this patient's).
+    """
     doc = load_json(data) if isinstance(data, bytes | str) else data
     when = now or datetime.now(UTC)
-    return assess(ingest(doc, patient_id=patient_id, thresholds=thresholds), when, thresholds)
+    labs = ingest(doc, patient_id=patient_id, thresholds=thresholds, fhir_base=fhir_base)
+    return assess(labs, when, thresholds)
 
 
 def evaluate_to_bundle(

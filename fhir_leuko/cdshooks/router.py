@@ -331,7 +331,11 @@ def build_router(settings: Settings) -> APIRouter:
             _check_token_patient(req, pv.patientId)
             gathered = await _gather(state, service_id, req, pv.patientId, now)
             a = evaluate(
-                gathered.resources, now=now, thresholds=settings.thresholds, patient_id=pv.patientId
+                gathered.resources,
+                now=now,
+                thresholds=settings.thresholds,
+                patient_id=pv.patientId,
+                fhir_base=req.fhirServer,
             )
             response = patient_view_response(
                 _with_gaps(a, gathered), service_id=service_id, rules_url=svc.rules_url
@@ -350,6 +354,7 @@ def build_router(settings: Settings) -> APIRouter:
                     now=now,
                     thresholds=settings.thresholds,
                     patient_id=os_ctx.patientId,
+                    fhir_base=req.fhirServer,
                 )
                 response = medication_check_response(
                     _with_gaps(a, gathered), drugs, service_id=service_id, rules_url=svc.rules_url

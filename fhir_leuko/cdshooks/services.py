@@ -95,7 +95,7 @@ PATIENT_VIEW = ServiceDefinition(
     hook="patient-view",
     title="Leukopenia and neutropenia check",
     description=(
-        "Reads the CBC results of the last 12 months, recent temperatures, active medications, "
+        "Reads the CBC results of the last 24 months, recent temperatures, active medications, "
         "conditions and open orders; when the white count or neutrophils are low it grades the "
         "problem, explains it, and offers the orders to create (repeat CBC, smear, B12 and "
         "folate, haematology referral, urgent evaluation)."

@@ -14,6 +14,7 @@ from fhir_leuko.clinical.model import ACTION_LABEL, Action, Analyte
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
 UCUM = "http://unitsofmeasure.org"
 ICD10 = ("http://hl7.org/fhir/sid/icd-10-cm", "http://hl7.org/fhir/sid/icd-10")
 RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
@@ -189,17 +190,164 @@ HIGH_RISK_NAMES: Mapping[str, str] = {
     "procainamide": "procainamide",
     "ticlopidine": "ticlopidine",
     "deferiprone": "deferiprone",
+    # codes.md (v2): the other cytotoxic antineoplastics, by name (codes unverified).
+    **{
+        name: name
+        for name in (
+            "paclitaxel",
+            "nab-paclitaxel",
+            "cabazitaxel",
+            "daunorubicin",
+            "idarubicin",
+            "mitoxantrone",
+            "ifosfamide",
+            "bendamustine",
+            "melphalan",
+            "busulfan",
+            "chlorambucil",
+            "temozolomide",
+            "dacarbazine",
+            "cytarabine",
+            "azacitidine",
+            "decitabine",
+            "fludarabine",
+            "cladribine",
+            "clofarabine",
+            "pemetrexed",
+            "hydroxyurea",
+            "topotecan",
+            "vinblastine",
+            "vinorelbine",
+            "eribulin",
+            "mitomycin",
+            "trabectedin",
+            "sacituzumab govitecan",
+            "trastuzumab deruxtecan",
+            # non-chemotherapy causes (codes.md v2)
+            "ganciclovir",
+            "valganciclovir",
+            "linezolid",
+            "levamisole",
+            "olanzapine",
+        )
+    },
+    "hydroxycarbamide": "hydroxyurea",
+    "paclitaxel protein-bound": "nab-paclitaxel",
+    "protein-bound paclitaxel": "nab-paclitaxel",
+    "fam-trastuzumab deruxtecan": "trastuzumab deruxtecan",
+    "mitomycin c": "mitomycin",
+    # Brand names (a site adds its own): only unambiguous single-ingredient brands.
+    "taxol": "paclitaxel",
+    "abraxane": "nab-paclitaxel",
+    "taxotere": "docetaxel",
+    "jevtana": "cabazitaxel",
+    "adriamycin": "doxorubicin",
+    "enhertu": "trastuzumab deruxtecan",
+    "trodelvy": "sacituzumab govitecan",
+    "gemzar": "gemcitabine",
+    "xeloda": "capecitabine",
+    "temodar": "temozolomide",
+    "temodal": "temozolomide",
+    "navelbine": "vinorelbine",
+    "halaven": "eribulin",
+    "alimta": "pemetrexed",
+    "valcyte": "valganciclovir",
+    "cytovene": "ganciclovir",
+    "zyvox": "linezolid",
+    "zyprexa": "olanzapine",
+    "clozaril": "clozapine",
+    "leponex": "clozapine",
 }
+
+#: Ingredients that are cytotoxic chemotherapy (the "chemotherapy context" of the decision
+#: table). Dual-use drugs given at low dose for autoimmune disease (methotrexate,
+#: mercaptopurine, azathioprine) and antibodies such as rituximab are high-risk, but they do not
+#: by themselves make a fever "presumed febrile neutropenia"; an ATC L01 coding does.
+ANTINEOPLASTIC: frozenset[str] = frozenset(
+    {
+        "cyclophosphamide",
+        "carboplatin",
+        "cisplatin",
+        "etoposide",
+        "gemcitabine",
+        "fluorouracil",
+        "capecitabine",
+        "irinotecan",
+        "oxaliplatin",
+        "epirubicin",
+        "thioguanine",
+        "docetaxel",
+        "doxorubicin",
+        "vincristine",
+        "paclitaxel",
+        "nab-paclitaxel",
+        "cabazitaxel",
+        "daunorubicin",
+        "idarubicin",
+        "mitoxantrone",
+        "ifosfamide",
+        "bendamustine",
+        "melphalan",
+        "busulfan",
+        "chlorambucil",
+        "temozolomide",
+        "dacarbazine",
+        "cytarabine",
+        "azacitidine",
+        "decitabine",
+        "fludarabine",
+        "cladribine",
+        "clofarabine",
+        "pemetrexed",
+        "hydroxyurea",
+        "topotecan",
+        "vinblastine",
+        "vinorelbine",
+        "eribulin",
+        "mitomycin",
+        "trabectedin",
+        "sacituzumab govitecan",
+        "trastuzumab deruxtecan",
+    }
+)
+
+#: ATC class of antineoplastic agents (codes.md v2: any ATC code starting L01 counts).
+ATC_ANTINEOPLASTIC_PREFIX = "L01"
 
 #: Recorded conditions that explain a low count (clinical-rules.md "Always"), matched by
 #: SNOMED code, ICD-10 prefix, or words in the text. kind -> (SNOMED codes, ICD-10 prefixes,
 #: words). SNOMED/ICD codes here are well-known but not in codes.md: verify before a release.
+#: Splenomegaly alone is a red flag, not hypersplenism (clinical-rules.md v2): only a recorded
+#: hypersplenism or portal hypertension explains a low count.
 CONDITION_MATCHERS: Mapping[str, tuple[frozenset[str], tuple[str, ...], tuple[str, ...]]] = {
     "sle": (frozenset({"55464009"}), ("M32",), ("lupus erythematosus", "sle")),
     "rheumatoid-arthritis": (frozenset({"69896004"}), ("M05", "M06"), ("rheumatoid arthritis",)),
     "hiv": (frozenset({"86406008"}), ("B20", "Z21"), ("hiv", "human immunodeficiency virus")),
-    "hypersplenism": (frozenset(), ("D73.1",), ("hypersplenism", "splenomegaly")),
-    "chemotherapy": (frozenset(), ("Z51.1",), ("chemotherapy",)),
+    "hypersplenism": (
+        frozenset(),
+        ("D73.1", "K76.6"),
+        ("hypersplenism", "portal hypertension", "portal hypertensive"),
+    ),
+    # On chemotherapy / anticancer treatment now (Z51.1 is an encounter for it; a history of
+    # chemotherapy, Z92.21, is not). SNOMED 367336001 Chemotherapy (procedure) V,
+    # 385786002 Chemotherapy care P.
+    "chemotherapy": (
+        frozenset({"367336001", "385786002"}),
+        ("Z51.1",),
+        (
+            "chemotherapy",
+            "chemo",
+            "antineoplastic therapy",
+            "antineoplastic treatment",
+            "antineoplastic chemotherapy",
+            "anticancer treatment",
+            "anticancer therapy",
+            "anti-cancer treatment",
+            "anti-cancer therapy",
+            "cytotoxic therapy",
+            "cytotoxic treatment",
+        ),
+    ),
     "alcohol-use": (
         frozenset({"7200002"}),
         ("F10",),
@@ -212,6 +360,60 @@ CONDITION_MATCHERS: Mapping[str, tuple[frozenset[str], tuple[str, ...], tuple[st
     ),
 }
 
+#: "cycle 3 of FOLFOX", "C2D1 of R-CHOP": a chemotherapy cycle in the text.
+CHEMO_CYCLE_WORDS = ("cycle", "c1d1", "day 1 of")
+
+#: (v2) Red-flag conditions (codes.md): display -> (SNOMED codes (S), ICD-10 prefixes, words).
+RED_FLAGS: Mapping[str, tuple[frozenset[str], tuple[str, ...], tuple[str, ...]]] = {
+    "splenomegaly": (
+        frozenset({"16294009"}),
+        ("R16.1", "R16.2"),
+        ("splenomegaly", "enlarged spleen", "spleen enlargement", "hepatosplenomegaly"),
+    ),
+    "hepatomegaly": (
+        frozenset({"80515008"}),
+        ("R16.0", "R16.2"),
+        ("hepatomegaly", "enlarged liver", "hepatosplenomegaly"),
+    ),
+    "lymphadenopathy": (
+        frozenset({"30746006"}),
+        ("R59",),
+        (
+            "lymphadenopathy",
+            "enlarged lymph nodes",
+            "enlarged lymph node",
+            "lymph node enlargement",
+            "swollen lymph nodes",
+        ),
+    ),
+    "weight loss": (
+        frozenset({"89362005"}),
+        ("R63.4",),
+        ("weight loss", "loss of weight"),
+    ),
+    "bleeding": (
+        frozenset({"302215000"}),
+        ("R58", "R23.3"),
+        ("easy bruising", "bleeding", "bleeding tendency", "bruises easily"),
+    ),
+    "recurrent infections": (
+        frozenset({"451991000124106"}),
+        (),
+        ("recurrent infections", "recurrent infection", "frequent infections"),
+    ),
+}
+
+#: Pregnancy: SNOMED 77386006 Pregnancy (codes.md, clinical-rules.md WHO limits); ICD-10
+#: Z33.1 pregnant state, Z34 supervision of normal pregnancy, O09 supervision of high-risk
+#: pregnancy.
+PREGNANCY_SNOMED = frozenset({"77386006"})
+PREGNANCY_ICD10 = ("Z33.1", "Z34", "O09")
+PREGNANCY_WORDS = ("pregnant", "pregnancy", "gravid")
+#: Observations of pregnancy status: LOINC 82810-3 Pregnancy status, 11449-6 Pregnancy status
+#: - Reported; answers meaning "pregnant": SNOMED 77386006, LOINC LA15173-0.
+PREGNANCY_STATUS_LOINC = frozenset({"82810-3", "11449-6"})
+PREGNANT_ANSWERS = frozenset({(SNOMED, "77386006"), (LOINC, "LA15173-0")})
+
 CONDITION_DISPLAY: Mapping[str, str] = {
     "sle": "systemic lupus erythematosus",
     "rheumatoid-arthritis": "rheumatoid arthritis",
@@ -221,5 +423,5 @@ CONDITION_DISPLAY: Mapping[str, str] = {
     "alcohol-use": "alcohol use",
     "viral-infection": "viral infection",
     "duffy-null": "Duffy-null phenotype",
-    "red-flag-condition": "Red-flag condition",
+    "pregnancy": "pregnancy",
 }

@@ -4,6 +4,11 @@ Reads only what the rules use and reads it fast: Observations are filtered by LO
 the raw JSON before anything else is looked at; no fhir.resources model validation here (it
 costs ~100x the JSON parse on a 1,200-Observation prefetch). Anything we cannot use is
 reported as a :class:`DataIssue` naming the resource, never guessed, never a crash.
+
+Only the evaluated patient's data is used (clinical safety): every resource that names a
+subject or patient must name this patient; another patient's resources, resources about a
+patient on another server, and (when the input holds several patients) resources without a
+subject are left out and reported by type and count, never by the other patient's id.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from fhir_leuko.clinical.model import (
     ANALYTE_LABEL,
+    CANONICAL_UNITS,
     Action,
     Analyte,
     ClinicalCondition,
@@ -28,6 +34,8 @@ from fhir_leuko.clinical.model import (
     PatientLabs,
     Priority,
     Result,
+    comparator_value,
+    num,
 )
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import InputError
@@ -42,17 +50,232 @@ OPEN_ORDER_STATUSES = frozenset({"active", "draft"})
 ACTIVE_MED_STATUSES = frozenset({"active"})
 INACTIVE_CONDITION_STATUSES = frozenset({"inactive", "remission", "resolved"})
 BAD_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+#: A phenotype that lowers the limits must be a fact: not provisional, not a differential.
+UNCERTAIN_VERIFICATION = frozenset({"unconfirmed", "provisional", "differential"})
+#: Statuses of a DiagnosticReport whose time and grouping we do not take over.
+BAD_REPORT_STATUSES = frozenset({"entered-in-error", "cancelled"})
+#: FHIR R4 Quantity.comparator codes.
+COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+#: A pregnancy status observed longer ago than this before the newest result is a past one.
+PREGNANCY_STATUS_VALID = timedelta(days=300)
+
+#: Resource types that name their patient in ``subject`` (R4) or ``patient`` (older forms),
+#: and that we read: only the evaluated patient's count.
+_SUBJECT_TYPES = frozenset(
+    {
+        "Observation",
+        "DiagnosticReport",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicationOrder",
+        "Condition",
+        "ServiceRequest",
+    }
+)
 
 _NAME_RE = re.compile(
-    r"\b("
+    r"(?<![\w-])("
     + "|".join(re.escape(n) for n in sorted(codes.HIGH_RISK_NAMES, key=len, reverse=True))
-    + r")\b"
+    + r")(?![\w-])"
 )
+
+
+def _words_re(words: Iterable[str]) -> re.Pattern[str]:
+    return re.compile(
+        r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b"
+    )
+
+
 _CONDITION_WORDS = {
-    kind: re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b")
-    for kind, (_, _, words) in codes.CONDITION_MATCHERS.items()
+    kind: _words_re(words) for kind, (_, _, words) in codes.CONDITION_MATCHERS.items()
 }
-_DUFFY_VALUE_RE = re.compile(r"null|fy\s*\(\s*a\s*-\s*b\s*-\s*\)|negative|fy\(a-b-\)")
+_RED_FLAG_WORDS = {flag: _words_re(words) for flag, (_, _, words) in codes.RED_FLAGS.items()}
+_PREGNANCY_WORDS = _words_re(codes.PREGNANCY_WORDS)
+
+# --- Negated, past and uncertain text ------------------------------------------------------------
+# A small NegEx-like reading of problem-list text: a term counts unless a cue in its own clause
+# (clauses end at . , ; : and "but") says it is absent, or (for some kinds) past or uncertain.
+
+_CLAUSE_RE = re.compile(r"[.,;:\n()\[\]]|\bbut\b|\bhowever\b")
+_NEGATED_BEFORE = _words_re(
+    (
+        "no",
+        "not",
+        "non",
+        "never",
+        "denies",
+        "denied",
+        "deny",
+        "without",
+        "negative for",
+        "absence of",
+        "absent",
+        "free of",
+        "ruled out",
+        "excluded",
+        "resolved",
+        "family history",
+        "family history of",
+        "fh",
+        "fhx",
+    )
+)
+_NEGATED_AFTER = _words_re(
+    (
+        "ruled out",
+        "excluded",
+        "resolved",
+        "absent",
+        "negative",
+        "denied",
+        "not present",
+        "not found",
+        "not seen",
+        "none",
+    )
+)
+_PAST_BEFORE = _words_re(
+    (
+        "history of",
+        "h/o",
+        "hx of",
+        "past",
+        "previous",
+        "previously",
+        "prior",
+        "former",
+        "completed",
+        "finished",
+        "remote",
+        "ended",
+        "stopped",
+    )
+)
+_PAST_AFTER = _words_re(("completed", "finished", "ended", "stopped", "in the past"))
+_FUTURE_BEFORE = _words_re(
+    (
+        "planned",
+        "plan for",
+        "plan",
+        "scheduled",
+        "candidate for",
+        "considering",
+        "consider",
+        "declined",
+        "refused",
+        "awaiting",
+        "possible",
+        "rule out",
+        "r/o",
+    )
+)
+_PREGNANCY_NOT = _words_re(
+    (
+        "test",
+        "termination",
+        "terminated",
+        "loss",
+        "postpartum",
+        "post-partum",
+        "after",
+        "miscarriage",
+        "abortion",
+        "planning",
+        "wish",
+        "prevention",
+        "contraception",
+        "possible",
+        "unknown",
+    )
+)
+
+
+def _clauses(text: str) -> list[str]:
+    return [c.strip() for c in _CLAUSE_RE.split(text) if c.strip()]
+
+
+def _affirmed(
+    clause: str,
+    m: re.Match[str],
+    *,
+    past: bool = False,
+    future: bool = False,
+    extra: re.Pattern[str] | None = None,
+) -> bool:
+    """The term matched at ``m`` is stated as present in its clause (not negated, ...)."""
+    before, after = clause[: m.start()], clause[m.end() :]
+    if _NEGATED_BEFORE.search(before) or _NEGATED_AFTER.search(after):
+        return False
+    if past and (_PAST_BEFORE.search(before) or _PAST_AFTER.search(after)):
+        return False
+    if future and _FUTURE_BEFORE.search(before):
+        return False
+    return not (extra is not None and (extra.search(before) or extra.search(after)))
+
+
+def _find_affirmed(pattern: re.Pattern[str], text: str, **how: Any) -> str | None:
+    """The first occurrence of ``pattern`` in ``text`` stated as present, else None."""
+    for clause in _clauses(text):
+        for m in pattern.finditer(clause):
+            if _affirmed(clause, m, **how):
+                return m.group(0)
+    return None
+
+
+# --- Duffy-null (clinical-rules.md v2): the phenotype Fy(a-b-) recorded as a fact ---------------
+
+_MINUS_SIGNS = str.maketrans(
+    {"\u2212": "-", "\u2013": "-", "\u2014": "-", "\u2010": "-", "\u2011": "-", "\uff0d": "-"}
+)
+_DUFFY_NULL_WORDS = re.compile(r"\bduffy[\s-]*null\b")
+_FY_PAIR = re.compile(r"\bfy\s*\(\s*a\s*([+-])\s*,?\s*b\s*([+-])\s*\)")
+_FY_SINGLE = re.compile(
+    r"\bfy\s*\(?\s*([ab])\s*\)?\s*(?:antigen\s*)?[:=]?\s*"
+    r"(\+|-|positive|negative|pos\b|neg\b|detected|not detected|present|absent)"
+)
+#: Any of these makes the record doubtful or negated: then it is not Duffy-null.
+_DUFFY_DOUBT = re.compile(
+    r"\?|\b(no|not|non|never|none|without|unknown|untested|pending|awaiting|possible|possibly|"
+    r"probable|probably|likely|unlikely|suspected|suspect|query|queried|rule out|ruled out|"
+    r"r/o|to be confirmed|tbc|tbd|unconfirmed|uncertain|indeterminate|equivocal|inconclusive|"
+    r"vs|versus|or|if|anti|antibody|antibodies|denies|denied|excluded|negative for|"
+    r"family history|fh)\b"
+)
+_FY_MENTION = re.compile(r"\bfy\s*\(|\bfy\s*[ab]\b")
+_DUFFY_NULL_NEGATIVE = re.compile(r"\b(negative|neg|absent|not detected|false|n)\b")
+
+
+def duffy_null_stated(text: str) -> bool:
+    """True when ``text`` records the Duffy-null phenotype Fy(a-b-) as a fact.
+
+    "Duffy-null", "Duffy null phenotype", "Fy(a-b-)" (any minus sign), or both Fya and Fyb
+    negative. Not: one antigen negative and the other positive (Fy(a-b+)), anything negated
+    or uncertain ("not yet tested", "?", "possible", "rule out", "to be confirmed"), or
+    "Duffy-null: negative". When in doubt: not Duffy-null.
+    """
+    t = " ".join(text.translate(_MINUS_SIGNS).lower().split())
+    if "fy" not in t and "duffy" not in t:
+        return False
+    if _DUFFY_DOUBT.search(t):
+        return False
+    signs: dict[str, set[str]] = {"a": set(), "b": set()}
+    for m in _FY_PAIR.finditer(t):
+        signs["a"].add(m.group(1))
+        signs["b"].add(m.group(2))
+    for m in _FY_SINGLE.finditer(t):
+        v = m.group(2)
+        negative = v in ("-", "negative", "neg", "not detected", "absent")
+        signs[m.group(1)].add("-" if negative else "+")
+    if "+" in signs["a"] or "+" in signs["b"]:
+        return False  # an antigen is present: not null, whatever else the text says
+    if signs["a"] == {"-"} and signs["b"] == {"-"}:
+        return True
+    if signs["a"] or signs["b"]:
+        return False  # one antigen negative, the other not stated
+    return bool(_DUFFY_NULL_WORDS.search(t)) and not _DUFFY_NULL_NEGATIVE.search(t)
+
+
+# --- Reading the input ----------------------------------------------------------------------------
 
 
 def load_json(data: bytes | str) -> Any:
@@ -63,6 +286,22 @@ def load_json(data: bytes | str) -> Any:
         raise InputError(f"input is not valid JSON ({exc.args[0].split(':')[0]})") from None
 
 
+class _Collected:
+    """Resources of the input, plus what their Bundle entries say about them.
+
+    ``aliases``: a Bundle entry's ``fullUrl`` -> the resource's own reference, for fullUrls
+    other references may use instead (``urn:uuid:...`` in transaction Bundles, and absolute
+    URLs). ``bases``: the FHIR servers (base URLs) the entries' absolute fullUrls name.
+    """
+
+    __slots__ = ("aliases", "bases", "resources")
+
+    def __init__(self) -> None:
+        self.resources: list[JSON] = []
+        self.aliases: dict[str, str] = {}
+        self.bases: set[str] = set()
+
+
 def resources_of(doc: Any) -> list[JSON]:
     """The resources in a Bundle of any type, a bare list, or a single resource.
 
@@ -70,12 +309,16 @@ def resources_of(doc: Any) -> list[JSON]:
     Bundles (e.g. CDS Hooks prefetch values), and ``entry.response`` entries without a
     resource (skipped). Raises :class:`InputError` for anything that is not FHIR.
     """
-    out: list[JSON] = []
+    return _collect_all(doc).resources
+
+
+def _collect_all(doc: Any) -> _Collected:
+    out = _Collected()
     _collect(doc, out, depth=0)
     return out
 
 
-def _collect(doc: Any, out: list[JSON], depth: int) -> None:
+def _collect(doc: Any, out: _Collected, depth: int) -> None:
     if depth > 4:
         raise InputError("Bundles are nested more than 4 levels deep")
     if isinstance(doc, list):
@@ -83,7 +326,7 @@ def _collect(doc: Any, out: list[JSON], depth: int) -> None:
             # A plain resource is kept here; Bundles and anything odd take the full path.
             rt = item.get("resourceType") if isinstance(item, dict) else None
             if isinstance(rt, str) and rt != "Bundle" and depth < 4:
-                out.append(item)
+                out.resources.append(item)
             elif item is not None:
                 _collect(item, out, depth + 1)
         return
@@ -94,17 +337,36 @@ def _collect(doc: Any, out: list[JSON], depth: int) -> None:
         entries = doc.get("entry") or []
         if not isinstance(entries, list):
             raise InputError("Bundle.entry is not a list")
+        resources, aliases, bases = out.resources, out.aliases, out.bases
+        known = "\0"  # the base + "/" of the last absolute fullUrl (a searchset has one)
         for e in entries:
             res = e.get("resource") if isinstance(e, dict) else None
-            if isinstance(res, dict):
-                if res.get("resourceType") == "Bundle":
-                    _collect(res, out, depth + 1)
-                elif isinstance(res.get("resourceType"), str):
-                    if "id" not in res and isinstance(e.get("fullUrl"), str):
-                        res = {**res, "_fullUrl": e["fullUrl"]}
-                    out.append(res)
+            if not isinstance(res, dict):
+                continue
+            rt = res.get("resourceType")
+            if rt == "Bundle":
+                _collect(res, out, depth + 1)
+                continue
+            if not isinstance(rt, str):
+                continue
+            full = e.get("fullUrl")
+            if isinstance(full, str):
+                rid = res.get("id")
+                if not isinstance(rid, str):
+                    res = {**res, "_fullUrl": full}
+                    aliases[full] = full
+                elif full.startswith(known):
+                    pass
+                elif full.startswith("urn:"):
+                    aliases[full] = f"{rt}/{rid}"
+                else:
+                    cut = full.rfind(f"/{rt}/")
+                    if cut > 0:
+                        bases.add(full[:cut])
+                        known = full[: cut + 1]
+            resources.append(res)
         return
-    out.append(doc)
+    out.resources.append(doc)
 
 
 def ingest(
@@ -112,9 +374,20 @@ def ingest(
     *,
     patient_id: str | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    fhir_base: str | None = None,
 ) -> PatientLabs:
-    """Read FHIR JSON (already parsed) into :class:`PatientLabs` for one patient."""
-    return ingest_resources(resources_of(doc), patient_id=patient_id, thresholds=thresholds)
+    """Read FHIR JSON (already parsed) into :class:`PatientLabs` for one patient.
+
+    ``patient_id``: the patient being evaluated (a CDS hook's context, the Subscription's
+    patient). Without it the input must be about one patient: a single Patient resource, or
+    subjects that all name the same patient; several are an :class:`InputError`.
+    ``fhir_base``: the FHIR server the data came from, so that an absolute subject reference
+    on that server is this patient's, and one on another server is not.
+    """
+    got = _collect_all(doc)
+    if fhir_base:
+        got.bases.add(fhir_base)
+    return _ingest(got, patient_id, thresholds)
 
 
 def ingest_resources(
@@ -122,12 +395,48 @@ def ingest_resources(
     *,
     patient_id: str | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    fhir_base: str | None = None,
 ) -> PatientLabs:
-    reader = _Reader(thresholds)
+    got = _Collected()
+    got.resources = list(resources)
+    if fhir_base:
+        got.bases.add(fhir_base)
+    return _ingest(got, patient_id, thresholds)
+
+
+class _Owned:
+    """What was read from the resources of one subject reference (kept or left out as one)."""
+
+    __slots__ = (
+        "conditions",
+        "counts",
+        "deferred",
+        "issues",
+        "medications",
+        "orders",
+        "pregnancy",
+        "reports",
+        "results",
+    )
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.issues: list[DataIssue] = []
+        self.medications: list[Medication] = []
+        self.conditions: list[ClinicalCondition] = []
+        self.orders: list[OpenOrder] = []
+        self.reports: list[tuple[str, datetime | None, list[str]]] = []
+        self.deferred: list[JSON] = []  # Observations without an effective time
+        self.pregnancy: list[tuple[datetime, bool, str, str]] = []
+        self.counts: dict[str, int] = {}  # resources read, by type (for the left-out report)
+
+
+def _ingest(got: _Collected, patient_id: str | None, thresholds: Thresholds) -> PatientLabs:
+    reader = _Reader(thresholds, got.aliases)
     patients: list[JSON] = []
     others: list[JSON] = []
     observation = reader.observation
-    for res in resources:
+    for res in got.resources:
         rt = res.get("resourceType")
         if rt == "Observation":
             try:  # reader.guarded, inlined: the one loop that runs for every result
@@ -138,48 +447,34 @@ def ingest_resources(
             patients.append(res)
         else:
             others.append(res)
-    by_ref = {f"{r.get('resourceType')}/{r.get('id')}": r for r in others if "id" in r}
-    report_draw: dict[str, str] = {}
+    by_ref = {
+        (f"{r.get('resourceType')}/{r.get('id')}" if "id" in r else str(r["_fullUrl"])): r
+        for r in others
+        if "id" in r or "_fullUrl" in r
+    }
     for res in others:
         rt = res.get("resourceType")
         if rt == "DiagnosticReport":
-            reader.guarded(_report_members, res, report_draw)
-        elif rt in ("MedicationRequest", "MedicationStatement"):
+            reader.guarded(reader.report, res)
+        elif rt in ("MedicationRequest", "MedicationStatement", "MedicationOrder"):
             reader.guarded(reader.medication, res, by_ref)
         elif rt == "Condition":
             reader.guarded(reader.condition, res)
         elif rt == "ServiceRequest":
             reader.guarded(reader.service_request, res)
 
-    subject_ids = {s for s in reader.subjects if s}
-    pid = patient_id
-    if pid is None:
-        ids: set[str] = {
-            str(p["id"]) for p in patients if isinstance(p.get("id"), str)
-        } | subject_ids
-        if len(ids) > 1:
-            shown = ", ".join(f"Patient/{i}" for i in sorted(ids)[:3])
-            raise InputError(
-                f"the input holds data of more than one patient ({shown}); "
-                "evaluate one patient at a time"
-            )
-        pid = next(iter(ids), None)
-    elif subject_ids - {pid}:
-        other = sorted(subject_ids - {pid})[0]
-        raise InputError(
-            f"Observations belong to Patient/{other}, not to the requested Patient/{pid}"
-        )
+    pid = _the_patient(patient_id, patients, reader, got)
+    kept = reader.keep(pid, got.bases, patients)
     patient = next((p for p in patients if p.get("id") == pid), None)
     if patient is None and len(patients) == 1:
-        other_id = patients[0].get("id")
-        if other_id is None:
+        if patients[0].get("id") is None:
             patient = patients[0]
         else:
             # Another person's age and sex must never set this patient's limits.
             reader.issue(
                 "other-patient",
-                f"Patient/{other_id} is not the evaluated Patient/{pid}: its birthDate and gender "
-                "were not used",
+                "The Patient resource in the input is not the evaluated patient: its birthDate "
+                "and gender were not used",
             )
     birth, sex = None, None
     if patient is not None:
@@ -189,35 +484,74 @@ def ingest_resources(
     if pid is None:
         reader.issue("no-patient", "No Patient and no Observation.subject: the patient is unknown")
 
-    results = reader.results
-    if report_draw:
-        results = [
-            r
-            if r.draw_id is not None or r.ref not in report_draw
-            else _with_draw(r, report_draw[r.ref])
-            for r in results
-        ]
+    reader.finish(kept)
+    results: list[Result] = []
+    issues: list[DataIssue] = []
+    medications: list[Medication] = []
+    conditions: list[ClinicalCondition] = []
+    orders: list[OpenOrder] = []
+    for o in kept:
+        results += o.results
+        issues += o.issues
+        medications += o.medications
+        conditions += o.conditions
+        orders += o.orders
+    conditions += _pregnancy_status(kept, results)
     return PatientLabs(
         patient_id=pid,
         birth_date=birth,
         sex=sex,
         results=tuple(results),
-        medications=tuple(reader.medications),
-        conditions=tuple(reader.conditions),
-        open_orders=tuple(reader.orders),
-        issues=tuple(reader.issues),
+        medications=tuple(medications),
+        conditions=tuple(conditions),
+        open_orders=tuple(orders),
+        issues=tuple(reader.issues + issues),
     )
 
 
-def _report_members(res: JSON, report_draw: dict[str, str]) -> None:
-    rid = _ref_of(res)
-    for m in res.get("result") or ():
-        if isinstance(m, dict) and isinstance(m.get("reference"), str):
-            report_draw[_rel(m["reference"])] = rid
+def _the_patient(
+    patient_id: str | None, patients: list[JSON], reader: _Reader, got: _Collected
+) -> str | None:
+    """The evaluated patient: the one asked for, else the one the input is clearly about.
+
+    Without ``patient_id`` (the CLI's ``evaluate FILE``): a single Patient resource names
+    the patient, and other patients' resources are then left out and reported; with no
+    Patient resource, every subject must name the same patient. Anything else is ambiguous
+    and refused, rather than guessing whose record this is.
+    """
+    if patient_id is not None:
+        return patient_id
+    with_id = {str(p["id"]) for p in patients if isinstance(p.get("id"), str)}
+    if len(with_id) == 1 and len(patients) == 1:
+        return next(iter(with_id))
+    ids = {(None, i) for i in with_id} | reader.subject_ids(got.bases)
+    if len(ids) > 1:
+        raise InputError(
+            f"the input holds data of more than one patient ({len(ids)} patients); "
+            "evaluate one patient at a time"
+        )
+    if not ids:
+        return None
+    base, pid = next(iter(ids))
+    if base is not None:
+        got.bases.add(base)  # one patient, on one server the input does not name otherwise
+    return pid
 
 
-def _with_draw(r: Result, draw_id: str) -> Result:
-    return Result(r.analyte, r.value, r.time, r.ref, r.status, r.ref_low, draw_id)
+def _pregnancy_status(kept: list[_Owned], results: list[Result]) -> list[ClinicalCondition]:
+    """The latest pregnancy-status Observation, when it says pregnant and is recent.
+
+    Recent: within :data:`PREGNANCY_STATUS_VALID` before the newest result (the reader has no
+    clock; the CBC being assessed is the time that matters).
+    """
+    statuses = [s for o in kept for s in o.pregnancy]
+    if not statuses:
+        return []
+    when, pregnant, ref, how = max(statuses, key=lambda s: (s[0], not s[1]))
+    newest = max((r.time for r in results), default=when)
+    if not pregnant or when < newest - PREGNANCY_STATUS_VALID:
+        return []
+    return [ClinicalCondition("pregnancy", "pregnancy", ref, how, when)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -229,11 +563,34 @@ def _rel(reference: str) -> str:
     return "/".join(parts[-2:]) if len(parts) >= 2 else reference
 
 
+@functools.lru_cache(maxsize=1024)
+def _split_ref(reference: str) -> tuple[str | None, str]:
+    """'https://x/fhir/Patient/1/_history/2' -> ('https://x/fhir', 'Patient/1');
+    'Patient/1' -> (None, 'Patient/1')."""
+    rel = _rel(reference)
+    if "://" not in reference:
+        return None, rel
+    cut = reference.find("/" + rel)
+    return (reference[:cut] if cut > 0 else ""), rel
+
+
 def _ref_of(res: JSON) -> str:
     rid = res.get("id")
     if isinstance(rid, str):
         return f"{res['resourceType']}/{rid}"
     return str(res.get("_fullUrl") or f"{res['resourceType']}/(no id)")
+
+
+def _subject_of(res: JSON) -> str | None:
+    """The subject (or patient) reference a resource names, as sent; None when none."""
+    subj = res.get("subject")
+    if subj is None:
+        subj = res.get("patient")
+    if isinstance(subj, dict):
+        ref = subj.get("reference")
+        if isinstance(ref, str) and ref:
+            return ref
+    return None
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -259,6 +616,15 @@ def _parse_time_str(value: str) -> datetime | None:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
+def _effective(res: JSON) -> datetime | None:
+    raw = res.get("effectiveDateTime") or res.get("effectiveInstant")
+    if raw is None:
+        period = res.get("effectivePeriod")
+        if isinstance(period, dict):
+            raw = period.get("start") or period.get("end")
+    return parse_time(raw)
+
+
 def _parse_birth(value: Any, reader: _Reader) -> date | None:
     dt = parse_time(value)
     if dt is None:
@@ -272,18 +638,70 @@ _PRIORITIES = {p.value: p for p in Priority}
 #: What reading a resource whose elements have the wrong JSON types raises.
 _MALFORMED = (TypeError, AttributeError, ValueError, KeyError, IndexError)
 
+#: One number with an optional comparator, as labs send it in text: '<0.1', '< 0.1', '>=12'.
+_TEXT_NUMBER = re.compile(r"\s*(<=|>=|<|>|\u2264|\u2265)?\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*")
+_UNICODE_COMPARATORS = {"\u2264": "<=", "\u2265": ">="}
+
+
+def parse_text_value(text: str) -> tuple[str | None, float] | None:
+    """'<0.1' -> ('<', 0.1); '0.8' -> (None, 0.8); '3,400', 'see comment', 'NaN' -> None."""
+    m = _TEXT_NUMBER.fullmatch(text)
+    if m is None:
+        return None
+    comp = m.group(1)
+    return _UNICODE_COMPARATORS.get(comp, comp) if comp else None, float(m.group(2))
+
+
+def _shown_raw(raw: Any) -> str:
+    """A value as sent, for messages: short, and never a whole JSON object."""
+    if isinstance(raw, str):
+        s = raw.strip()
+        return s if len(s) <= 40 else s[:37] + "..."
+    if isinstance(raw, bool) or raw is None:
+        return str(raw).lower() if raw is not None else "(none)"
+    if isinstance(raw, int) and not -(10**24) < raw < 10**24:
+        return "(a number too large to read)"
+    if isinstance(raw, int | float):
+        return str(raw) if len(str(raw)) <= 24 else f"{raw:.6g}"
+    return "(a JSON " + ("list" if isinstance(raw, list) else "object") + ")"
+
+
+def _sent(raw: Any, comparator: str | None, ucum: str | None, unit: str | None) -> str:
+    value = _shown_raw(raw)
+    if comparator and not (isinstance(raw, str) and raw.strip()[:1] in "<>\u2264\u2265"):
+        value = comparator + value
+    u = unit or ucum
+    return f"{value} {u}" if u else value
+
+
+def _sent_of(holder: JSON) -> str:
+    """The value of an Observation (or component) as sent, for a report about it."""
+    q = holder.get("valueQuantity")
+    if isinstance(q, dict):
+        ucum, unit, comp = q.get("code"), q.get("unit"), q.get("comparator")
+        return _sent(
+            q.get("value"),
+            comp if isinstance(comp, str) else None,
+            ucum if isinstance(ucum, str) else None,
+            unit if isinstance(unit, str) else None,
+        )
+    for key in ("valueString", "valueInteger"):
+        if key in holder:
+            return _shown_raw(holder[key])
+    return "(no value)"
+
 
 class _Reader:
     """Accumulates results and issues while walking resources once."""
 
-    def __init__(self, t: Thresholds) -> None:
+    def __init__(self, t: Thresholds, aliases: Mapping[str, str]) -> None:
         self.t = t
-        self.results: list[Result] = []
-        self.issues: list[DataIssue] = []
-        self.medications: list[Medication] = []
-        self.conditions: list[ClinicalCondition] = []
-        self.orders: list[OpenOrder] = []
-        self.subjects: set[str] = set()
+        self.aliases = aliases
+        self.issues: list[DataIssue] = []  # about the input as a whole
+        self.owned: dict[str | None, _Owned] = {}
+        self.cur = self._owned(None)
+        self._last_subject: str | None = None
+        self._last_owned = self.cur
         self._plausible: Mapping[Analyte, tuple[float, float]] = {
             Analyte.WBC: (0.0, t.wbc_max_plausible),
             Analyte.ANC: (0.0, t.anc_max_plausible),
@@ -300,6 +718,148 @@ class _Reader:
             Analyte.FOLATE: (0.0, 1e4),
         }
 
+    # --- whose data --------------------------------------------------------------------------
+
+    def _owned(self, subject: str | None) -> _Owned:
+        o = self.owned.get(subject)
+        if o is None:
+            o = self.owned[subject] = _Owned()
+        return o
+
+    def own(self, res: JSON, subject_of: JSON | None = None) -> None:
+        """Make the subject of ``res`` (or of ``subject_of``) the owner of what is read next,
+        and count ``res`` among that owner's resources."""
+        subject = _subject_of(res if subject_of is None else subject_of)
+        if subject == self._last_subject:
+            o = self._last_owned
+        else:
+            key = subject
+            if key is not None and key.startswith("urn:") and key not in self.aliases:
+                key = None  # a Bundle-local reference to nothing in the input: unverifiable
+            o = self._owned(key)
+            self._last_subject, self._last_owned = subject, o
+        rt = res.get("resourceType")
+        if not isinstance(rt, str):
+            rt = "resource"
+        counts = o.counts
+        counts[rt] = counts.get(rt, 0) + 1
+        self.cur = o
+
+    def _patient_of(self, subject: str) -> tuple[str | None, str | None]:
+        """(server base or None for relative, patient id) of a subject reference; (.., None)
+        when it does not name a Patient."""
+        target = self.aliases.get(subject, subject)
+        base, rel = _split_ref(target)
+        if not rel.startswith("Patient/") or rel.count("/") != 1:
+            return base, None
+        return base, rel[8:]
+
+    def subject_ids(self, bases: set[str]) -> set[tuple[str | None, str]]:
+        """The patients the subjects of the input name, as (server base when not one of
+        ``bases``, id): for telling whose input this is."""
+        ids: set[tuple[str | None, str]] = set()
+        for subject in self.owned:
+            if subject is None:
+                continue
+            base, pid = self._patient_of(subject)
+            if pid is not None:
+                ids.add((None if base is None or _on(base, bases) else base, pid))
+        return ids
+
+    def keep(self, pid: str | None, bases: set[str], patients: list[JSON]) -> list[_Owned]:
+        """What belongs to the evaluated patient; the rest is reported by type and count."""
+        verdicts: dict[str | None, str] = {}
+        identities: set[str] = {str(p.get("id")) for p in patients if isinstance(p.get("id"), str)}
+        for subject in self.owned:
+            if subject is None:
+                continue
+            base, spid = self._patient_of(subject)
+            if spid is None:
+                verdicts[subject] = "other"
+                identities.add(subject)
+            elif base is not None and not _on(base, bases):
+                verdicts[subject] = "server"
+                identities.add(f"{base}/Patient/{spid}")
+            else:
+                verdicts[subject] = "self" if spid == pid else "other"
+                identities.add(spid)
+        if pid is not None:
+            identities.add(pid)
+        several = len(identities) > 1
+        verdicts[None] = "unsubjected" if several else "self"
+        kept: list[_Owned] = []
+        left_out: dict[tuple[str, str], int] = {}
+        for subject, o in self.owned.items():
+            verdict = verdicts[subject]
+            if verdict == "self":
+                kept.append(o)
+                continue
+            for rt, n in o.counts.items():
+                if rt in _SUBJECT_TYPES:
+                    left_out[(verdict, rt)] = left_out.get((verdict, rt), 0) + n
+        for (verdict, rt), n in sorted(left_out.items()):
+            self.issue("other-patient", _left_out_message(verdict, rt, n))
+        return kept
+
+    def finish(self, kept: list[_Owned]) -> None:
+        """Give Observations without an effective time the time of their DiagnosticReport
+        (clinical-rules.md 1.4 v2), and the report as their draw, from kept resources only."""
+        report_of: dict[str, tuple[str, datetime | None]] = {}
+        for o in kept:
+            for report_ref, when, members in o.reports:
+                for m in members:
+                    report_of.setdefault(m, (report_ref, when))
+        if not report_of:
+            for o in kept:
+                self.cur = o
+                for obs in o.deferred:
+                    self.guarded(self._untimed, obs, None)
+            return
+        for o in kept:
+            self.cur = o
+            for obs in o.deferred:
+                self.guarded(self._untimed, obs, report_of.get(_ref_of(obs)))
+            if o.results:
+                o.results = [
+                    r
+                    if r.draw_id is not None or r.ref not in report_of
+                    else r._replace(draw_id=report_of[r.ref][0])
+                    for r in o.results
+                ]
+
+    def _untimed(self, obs: JSON, report: tuple[str, datetime | None] | None) -> None:
+        ref = _ref_of(obs)
+        if report is not None and report[1] is not None:
+            self.issue(
+                "time-from-report",
+                f"{ref} has no effective time; the time of {report[0]}, which lists it, was used",
+                ref,
+                "information",
+            )
+            self.observation(obs, when=report[1], draw=report[0], owned=False)
+            return
+        issued = parse_time(obs.get("issued"))
+        if issued is not None:
+            self.issue(
+                "no-effective-time",
+                f"{ref} has no usable effective time; its issued time was used",
+                ref,
+                "information",
+            )
+            self.observation(obs, when=issued, draw=report[0] if report else None, owned=False)
+            return
+        analyte = _analyte_of(obs)
+        self.issue(
+            "no-effective-time",
+            f"{ref} ({ANALYTE_LABEL[analyte] if analyte else 'result'} {_sent_of(obs)}) has no "
+            "usable effective time, and no DiagnosticReport in the input gives one: not used",
+            ref,
+            analyte=analyte,
+            sent=_sent_of(obs),
+        )
+
+    # --- issues ----------------------------------------------------------------------------------
+
     def guarded(self, read: Callable[..., None], res: JSON, *args: Any) -> None:
         """Read one resource; a resource whose elements have the wrong JSON types is reported
         and skipped, never a crash of the whole evaluation (and nothing else is lost)."""
@@ -310,26 +870,53 @@ class _Reader:
 
     def malformed(self, res: JSON) -> None:
         """Report a resource that could not be read (an element of the wrong JSON type)."""
+        self.own(res)
         rid = res.get("id")
         ref = (
             f"{res.get('resourceType')}/{rid}"
             if isinstance(rid, str)
             else str(res.get("resourceType"))
         )
+        analyte = None
+        if res.get("resourceType") == "Observation":
+            try:
+                analyte = _analyte_of(res)
+            except _MALFORMED:
+                analyte = None
         self.issue(
             "malformed-resource",
             f"{ref} is not valid FHIR JSON (an element has the wrong type); it was not used",
             ref,
+            analyte=analyte,
+            sent="(not readable)" if analyte else None,
         )
 
     def issue(
-        self, code: str, message: str, ref: str | None = None, severity: str = "warning"
+        self,
+        code: str,
+        message: str,
+        ref: str | None = None,
+        severity: str = "warning",
+        *,
+        analyte: Analyte | None = None,
+        sent: str | None = None,
     ) -> None:
-        self.issues.append(DataIssue(code, message, ref, severity))
+        target = self.issues if ref is None else self.cur.issues
+        target.append(DataIssue(code, message, ref, severity, analyte, sent))
 
     # --- Observations -------------------------------------------------------------------------
 
-    def observation(self, obs: JSON) -> None:
+    def observation(
+        self,
+        obs: JSON,
+        *,
+        when: datetime | None = None,
+        draw: str | None = None,
+        ref: str | None = None,
+        owned: bool = True,
+    ) -> None:
+        """Read one Observation. ``when``/``draw``/``ref``: given for an Observation timed by
+        its DiagnosticReport, or contained in one; ``owned``: the owner is already set."""
         code = obs.get("code")
         codings = code.get("coding") if isinstance(code, dict) else None
         analyte: Analyte | None = None
@@ -337,16 +924,27 @@ class _Reader:
         if isinstance(codings, list):
             for c in codings:
                 if isinstance(c, dict) and c.get("system") == codes.LOINC:
-                    a = codes.LOINC_ANALYTES.get(c.get("code"))  # type: ignore[arg-type]
+                    cd = c.get("code")
+                    a = codes.LOINC_ANALYTES.get(cd)  # type: ignore[arg-type]
                     if a is not None:
-                        analyte, loinc = a, c["code"]
+                        analyte, loinc = a, cd
                         break
+                    if cd in codes.PREGNANCY_STATUS_LOINC:
+                        if owned:
+                            self.own(obs)
+                        self._pregnancy_observation(obs, ref)
+                        return
         components = obs.get("component")
         if analyte is None and not components:
-            if isinstance(code, dict) and self._duffy_observation(obs, code):
-                return
+            if isinstance(code, dict) and _mentions_duffy(code):
+                if owned:
+                    self.own(obs)
+                self._duffy_observation(obs, code, ref)
             return
-        ref = _ref_of(obs)
+        if owned:
+            self.own(obs)
+        if ref is None:
+            ref = _ref_of(obs)
         status = obs.get("status")
         if status not in USED_STATUSES:
             if status in IGNORED_STATUSES:
@@ -358,18 +956,22 @@ class _Reader:
                 )
             else:
                 self.issue(
-                    "bad-status", f"{ref} has an unknown status '{status}' and was not used", ref
+                    "bad-status",
+                    f"{ref} ({ANALYTE_LABEL[analyte] if analyte else 'result'} "
+                    f"{_sent_of(obs)}) has an unknown status '{_shown_raw(status)}' and was not "
+                    "used",
+                    ref,
+                    analyte=analyte,
+                    sent=_sent_of(obs),
                 )
             return
-        subj = obs.get("subject")
-        if isinstance(subj, dict) and isinstance(subj.get("reference"), str):
-            sref = _rel(subj["reference"])
-            if sref.startswith("Patient/"):
-                self.subjects.add(sref[8:])
-        when = self._time(obs, ref)
-        if when is None:
+        own_time = _effective(obs)
+        if own_time is not None:
+            when = own_time
+        elif when is None:
+            self.cur.deferred.append(obs)  # its DiagnosticReport may give the time (1.4 v2)
             return
-        draw_id = None
+        draw_id = draw
         spec = obs.get("specimen")
         if isinstance(spec, dict) and isinstance(spec.get("reference"), str):
             draw_id = _rel(spec["reference"])
@@ -395,28 +997,6 @@ class _Reader:
                             )
                             break
 
-    def _time(self, obs: JSON, ref: str) -> datetime | None:
-        raw = obs.get("effectiveDateTime") or obs.get("effectiveInstant")
-        if raw is None:
-            period = obs.get("effectivePeriod")
-            if isinstance(period, dict):
-                raw = period.get("start") or period.get("end")
-        when = parse_time(raw)
-        if when is None:
-            issued = parse_time(obs.get("issued"))
-            if issued is not None:
-                self.issue(
-                    "no-effective-time",
-                    f"{ref} has no usable effective time; its issued time was used",
-                    ref,
-                    "information",
-                )
-                return issued
-            self.issue(
-                "no-effective-time", f"{ref} has no usable effective time and was not used", ref
-            )
-        return when
-
     def _value(
         self,
         holder: JSON,
@@ -427,12 +1007,19 @@ class _Reader:
         when: datetime,
         draw_id: str | None,
     ) -> None:
+        label = ANALYTE_LABEL[analyte]
         if holder.get("dataAbsentReason") is not None:
+            dar = holder["dataAbsentReason"]
+            why = _first_code(dar) or (dar.get("text") if isinstance(dar, dict) else None)
             self.issue(
                 "data-absent",
-                f"{ref} ({ANALYTE_LABEL[analyte]}) has a dataAbsentReason: not a result",
+                f"{ref} ({label}) has a dataAbsentReason"
+                + (f" '{_shown_raw(why)}'" if why else "")
+                + ": not a result",
                 ref,
                 "information",
+                analyte=analyte,
+                sent=f"(data absent: {_shown_raw(why)})" if why else "(data absent)",
             )
             return
         q = holder.get("valueQuantity")
@@ -441,37 +1028,94 @@ class _Reader:
         comparator: str | None = None
         if isinstance(q, dict):
             raw = q.get("value")
-            ucum, unit, comparator = q.get("code"), q.get("unit"), q.get("comparator")
-            if not isinstance(ucum, str):
+            ucum, unit, qcomp = q.get("code"), q.get("unit"), q.get("comparator")
+            if not isinstance(ucum, str) or not ucum:
                 ucum = None
-            if not isinstance(unit, str):
+            if not isinstance(unit, str) or not unit:
                 unit = None
-            if not isinstance(comparator, str):
-                comparator = None
+            if qcomp is not None:
+                if qcomp not in COMPARATORS:
+                    self.issue(
+                        "unparseable-value",
+                        f"{ref} ({label}) has a comparator '{_shown_raw(qcomp)}' that is not "
+                        "one of <, <=, >=, >: the value was not used",
+                        ref,
+                        analyte=analyte,
+                        sent=_sent(raw, None, ucum, unit),
+                    )
+                    return
+                comparator = qcomp
         elif "valueInteger" in holder:
             raw = holder["valueInteger"]
         elif "valueString" in holder:
             raw = holder["valueString"]
         else:
+            shown = "(no value)"
+            cc = holder.get("valueCodeableConcept")
+            if isinstance(cc, dict) and _texts(cc):
+                shown = _shown_raw(_texts(cc)[0])
             self.issue(
                 "no-value",
-                f"{ref} ({ANALYTE_LABEL[analyte]}) has no numeric value: not a result",
+                f"{ref} ({label} {shown}) has no numeric value: not a result",
                 ref,
+                analyte=analyte,
+                sent=shown,
             )
             return
-        value = _number(raw)
-        if value is None:
-            self.issue(
-                "unparseable-value",
-                f"{ref} ({ANALYTE_LABEL[analyte]}) value '{raw}' is not a number",
-                ref,
-            )
-            return
-        try:
-            conv = converter_for(analyte, ucum, unit)
-        except UnitProblem as p:
-            self.issue(p.code, f"{ref}: {p}; the value was not used", ref)
-            return
+        text = isinstance(raw, str)
+        if isinstance(raw, str):
+            parsed = parse_text_value(raw)
+            if parsed is None:
+                self.issue(
+                    "unparseable-value",
+                    f"{ref}: {label} '{_shown_raw(raw)}' is not one number (with an optional "
+                    "comparator such as '<0.1'): the value was not used",
+                    ref,
+                    analyte=analyte,
+                    sent=_sent(raw, None, ucum, unit),
+                )
+                return
+            tcomp, value = parsed
+            if tcomp is not None and comparator is not None and tcomp != comparator:
+                self.issue(
+                    "unparseable-value",
+                    f"{ref}: {label} '{_shown_raw(raw)}' and its comparator '{comparator}' "
+                    "disagree: the value was not used",
+                    ref,
+                    analyte=analyte,
+                    sent=_sent(raw, comparator, ucum, unit),
+                )
+                return
+            comparator = tcomp or comparator
+        else:
+            number = _number(raw)
+            if number is None:
+                self.issue(
+                    "unparseable-value",
+                    f"{ref}: {label} value '{_shown_raw(raw)}' is not a number: the value was "
+                    "not used",
+                    ref,
+                    analyte=analyte,
+                    sent=_sent(raw, comparator, ucum, unit),
+                )
+                return
+            value = number
+        assumed = text and ucum is None and unit is None
+        if assumed:
+            conv: Converter = _same  # text without a unit: the analyte's reporting unit (1.7)
+        else:
+            try:
+                conv = converter_for(analyte, ucum, unit)
+            except UnitProblem as p:
+                sent = _sent(raw, comparator, ucum, unit)
+                self.issue(
+                    p.code,
+                    f"{ref}: {label} {sent}: {p}; the value was not used",
+                    ref,
+                    analyte=analyte,
+                    sent=sent,
+                )
+                return
         v = conv(value)
         low: float | None
         low = self._ref_low(holder, analyte, ucum, unit, conv)
@@ -479,20 +1123,49 @@ class _Reader:
             low = self.t.rbc_folate_normal_min_ng_ml
         lo, hi = self._plausible[analyte]
         if not (lo <= v <= hi):
-            shown = f"{value:g} {ucum or unit or ''}".strip()
+            sent = _sent(raw, comparator, ucum, unit)
+            why = (
+                f"read in {CANONICAL_UNITS[analyte]} as no unit was sent"
+                if assumed
+                else "wrong unit?"
+            )
             self.issue(
                 "implausible-value",
-                f"{ref}: {ANALYTE_LABEL[analyte]} {shown} is outside any plausible range "
-                "(wrong unit?); "
+                f"{ref}: {label} {sent} is outside any plausible range ({why}); "
                 "the value was not used",
                 ref,
+                analyte=analyte,
+                sent=sent,
             )
             return
-        if comparator in ("<", "<="):
-            v = math.nextafter(v, -math.inf) if comparator == "<" else v
-        elif comparator in (">", ">="):
-            v = math.nextafter(v, math.inf) if comparator == ">" else v
-        self.results.append(Result(analyte, v, when, ref, status, low, draw_id))
+        if text or comparator is not None:
+            sent = _sent(raw, comparator, ucum, unit)
+            shown = f"{comparator or ''}{num(v)} {CANONICAL_UNITS[analyte]}"
+            if text:
+                how = (
+                    f"in {CANONICAL_UNITS[analyte]}, the reporting unit, as no unit was sent"
+                    if assumed
+                    else "as a quantity"
+                )
+                self.issue(
+                    "text-value",
+                    f"{ref}: {label} sent as text '{_shown_raw(raw)}' was read {how}: {shown}",
+                    ref,
+                    "warning" if assumed else "information",
+                    analyte=analyte,
+                    sent=sent,
+                )
+            else:
+                self.issue(
+                    "comparator-value",
+                    f"{ref}: {label} {sent} is a comparator quantity, read as {shown}",
+                    ref,
+                    "information",
+                    analyte=analyte,
+                    sent=sent,
+                )
+            v = comparator_value(v, comparator)
+        self.cur.results.append(Result(analyte, v, when, ref, status, low, draw_id, comparator))
 
     def _ref_low(
         self,
@@ -525,36 +1198,99 @@ class _Reader:
                     return None
         return None
 
-    def _duffy_observation(self, obs: JSON, code: JSON) -> bool:
-        # Cheap test first: almost every Observation here is an unread lab analyte.
-        words = str(code.get("text", ""))
-        for c in code.get("coding") or ():
-            if isinstance(c, dict) and "display" in c:
-                words += str(c["display"])
-        if "uffy" not in words and "UFFY" not in words:
-            return False
-        text = " ".join(_texts(code)).lower()
-        if "duffy" not in text or obs.get("status") not in USED_STATUSES:
-            return False
-        vals = " ".join(
-            [str(obs.get("valueString") or "")] + _texts(obs.get("valueCodeableConcept") or {})
-        ).lower()
-        if _DUFFY_VALUE_RE.search(vals):
-            ref = _ref_of(obs)
-            self.conditions.append(
+    def _duffy_observation(self, obs: JSON, code: JSON, ref: str | None) -> None:
+        if obs.get("status") not in ("final", "amended", "corrected"):
+            return  # a preliminary phenotype is "to be confirmed": not a fact
+        parts = _texts(code)
+        vs = obs.get("valueString")
+        if isinstance(vs, str):
+            parts.append(vs)
+        vcc = obs.get("valueCodeableConcept")
+        if isinstance(vcc, dict):
+            parts += _texts(vcc)
+        vb = obs.get("valueBoolean")
+        if isinstance(vb, bool):
+            parts.append("yes" if vb else "no")
+        text = "; ".join(parts)
+        if duffy_null_stated(text):
+            self.cur.conditions.append(
                 ClinicalCondition(
                     "duffy-null",
                     "Duffy-null phenotype (Fy(a-b-))",
-                    ref,
-                    "Observation text 'Duffy' with a null/negative value",
+                    ref or _ref_of(obs),
+                    f"Observation '{_shown_raw(text)}'",
                 )
             )
-            return True
-        return False
+
+    def _pregnancy_observation(self, obs: JSON, ref: str | None) -> None:
+        if obs.get("status") not in USED_STATUSES:
+            return
+        when = _effective(obs) or parse_time(obs.get("issued"))
+        vcc = obs.get("valueCodeableConcept")
+        if when is None or not isinstance(vcc, dict):
+            return
+        pregnant = any(
+            isinstance(c, dict) and (c.get("system"), c.get("code")) in codes.PREGNANT_ANSWERS
+            for c in vcc.get("coding") or ()
+        )
+        how = "Observation pregnancy status: " + (_texts(vcc) or ["pregnant"])[0]
+        self.cur.pregnancy.append((when, pregnant, ref or _ref_of(obs), _shown_raw(how)))
+
+    # --- DiagnosticReports ---------------------------------------------------------------------
+
+    def report(self, res: JSON) -> None:
+        """A DiagnosticReport: its time and grouping for the Observations it lists."""
+        self.own(res)
+        if res.get("status") in BAD_REPORT_STATUSES:
+            return
+        rid = _ref_of(res)
+        when = _effective(res)
+        contained = {
+            c.get("id"): c
+            for c in res.get("contained") or ()
+            if isinstance(c, dict) and c.get("resourceType") == "Observation"
+        }
+        members: list[str] = []
+        owner = self.cur
+        for m in res.get("result") or ():
+            target = m.get("reference") if isinstance(m, dict) else None
+            if not isinstance(target, str):
+                continue
+            if target.startswith("#"):
+                obs = contained.get(target[1:])
+                if obs is not None:
+                    self._contained(obs, res, rid, target, when)
+                    self.cur = owner
+                continue
+            members.append(self.aliases.get(target) or _rel(target))
+        owner.reports.append((rid, when, members))
+
+    def _contained(
+        self, obs: JSON, report: JSON, rid: str, target: str, when: datetime | None
+    ) -> None:
+        """An Observation contained in its DiagnosticReport (the FHIR specification's CBC
+        example): its subject is its own, else the report's; its time its own, else the
+        report's."""
+        self.own(obs, None if _subject_of(obs) is not None else report)
+        ref = f"{rid}{target}"
+        if when is None and _effective(obs) is None:
+            self.issue(
+                "no-effective-time",
+                f"{ref} and its DiagnosticReport have no usable effective time: not used",
+                ref,
+                analyte=_analyte_of(obs),
+                sent=_sent_of(obs),
+            )
+            return
+        try:
+            self.observation(obs, when=when, draw=rid, ref=ref, owned=False)
+        except _MALFORMED:
+            self.malformed(obs)
 
     # --- Medications, conditions, orders -------------------------------------------------------
 
     def medication(self, res: JSON, by_ref: Mapping[str, JSON]) -> None:
+        self.own(res)
         status = res.get("status")
         if status not in ACTIVE_MED_STATUSES:
             return
@@ -575,7 +1311,7 @@ class _Reader:
                         None,
                     )
                 else:
-                    target = by_ref.get(_rel(r))
+                    target = by_ref.get(self.aliases.get(r) or _rel(r))
                 if target is None and isinstance(mref.get("display"), str):
                     target = {"code": {"text": mref["display"]}}
             concept = (target or {}).get("code") if target else None
@@ -589,16 +1325,19 @@ class _Reader:
                 ref,
             )
             return
-        match = match_medication(concept)
+        match = match_medication_kind(concept)
         if match is not None:
-            name, how = match
-            self.medications.append(Medication(name, ref, how))
+            name, how, antineoplastic = match
+            self.cur.medications.append(Medication(name, ref, how, antineoplastic))
 
     def condition(self, res: JSON) -> None:
+        self.own(res)
         clinical = _first_code(res.get("clinicalStatus"))
         verification = _first_code(res.get("verificationStatus"))
         if clinical in INACTIVE_CONDITION_STATUSES or verification in BAD_VERIFICATION:
             return
+        if any(k.startswith("abatement") for k in res):
+            return  # it has ended (FHIR: abatement means no longer active)
         code = res.get("code")
         if not isinstance(code, dict):
             return
@@ -608,40 +1347,64 @@ class _Reader:
             or (res.get("onsetPeriod") or {}).get("start")
             or res.get("recordedDate")
         )
-        text = " ".join(_texts(code)).lower()
-        if "duffy" in text and _DUFFY_VALUE_RE.search(text):
-            self.conditions.append(
-                ClinicalCondition(
-                    "duffy-null",
-                    "Duffy-null phenotype (Fy(a-b-))",
-                    ref,
-                    "Condition text 'Duffy' null",
-                    onset,
+        texts = _texts(code)
+        raw_text = "; ".join(texts)
+        text = raw_text.lower()
+        out = self.cur.conditions
+        if "duffy" in text or _FY_MENTION.search(text):
+            if verification not in UNCERTAIN_VERIFICATION and duffy_null_stated(raw_text):
+                out.append(
+                    ClinicalCondition(
+                        "duffy-null",
+                        "Duffy-null phenotype (Fy(a-b-))",
+                        ref,
+                        f"Condition '{_shown_raw(raw_text)}'",
+                        onset,
+                    )
                 )
-            )
             return
         codings = [c for c in code.get("coding") or () if isinstance(c, dict)]
+        coded = [(c.get("system"), c["code"]) for c in codings if isinstance(c.get("code"), str)]
+        kinds: list[tuple[str, str, str]] = []  # (kind, display, how)
         for kind, (snomed, icd, _) in codes.CONDITION_MATCHERS.items():
-            how = None
-            for c in codings:
-                sys_, cd = c.get("system"), c.get("code")
-                if not isinstance(cd, str):
-                    continue
-                if sys_ == codes.SNOMED and cd in snomed:
-                    how = f"SNOMED CT {cd}"
-                elif sys_ in codes.ICD10 and cd.upper().startswith(icd):
-                    how = f"ICD-10 {cd}"
-                if how:
-                    break
-            if how is None and _CONDITION_WORDS[kind].search(text):
-                how = "words in the condition text"
+            how = _coded_match(coded, snomed, icd)
+            if how is None:
+                how = self._condition_words(kind, text)
             if how is not None:
-                self.conditions.append(
-                    ClinicalCondition(kind, codes.CONDITION_DISPLAY[kind], ref, how, onset)
-                )
-                return
+                kinds.append((kind, codes.CONDITION_DISPLAY[kind], how))
+                break
+        explained = any(k == "hypersplenism" for k, _, _ in kinds)
+        for flag, (snomed, icd, _) in codes.RED_FLAGS.items():
+            if explained and flag in ("splenomegaly", "hepatomegaly"):
+                continue  # a recorded cause: hypersplenism / portal hypertension explains it
+            how = _coded_match(coded, snomed, icd)
+            if how is None:
+                word = _find_affirmed(_RED_FLAG_WORDS[flag], text, extra=_weight_loss_not(flag))
+                if word is not None:
+                    how = f"'{word}' in the condition text"
+            if how is not None:
+                kinds.append(("red-flag", flag, how))
+        how = _coded_match(coded, codes.PREGNANCY_SNOMED, codes.PREGNANCY_ICD10)
+        if how is None:
+            word = _find_affirmed(_PREGNANCY_WORDS, text, past=True, extra=_PREGNANCY_NOT)
+            if word is not None:
+                how = f"'{word}' in the condition text"
+        if how is not None:
+            kinds.append(("pregnancy", codes.CONDITION_DISPLAY["pregnancy"], how))
+        for kind, display, how in kinds:
+            out.append(ClinicalCondition(kind, display, ref, how, onset))
+
+    def _condition_words(self, kind: str, text: str) -> str | None:
+        if kind == "chemotherapy":
+            word = _find_affirmed(_CONDITION_WORDS[kind], text, past=True, future=True)
+            if word is None:
+                word = _chemo_cycle(text)
+            return None if word is None else f"'{word}' in the condition text"
+        word = _find_affirmed(_CONDITION_WORDS[kind], text)
+        return None if word is None else f"'{word}' in the condition text"
 
     def service_request(self, res: JSON) -> None:
+        self.own(res)
         if res.get("status") not in OPEN_ORDER_STATUSES:
             return
         code = res.get("code")
@@ -657,24 +1420,130 @@ class _Reader:
             action = codes.ORDER_CODES.get((c.get("system"), c.get("code")))  # type: ignore[arg-type]
             if action is not None and action not in seen:
                 seen.add(action)
-                self.orders.append(OpenOrder(action, priority, ref))
+                self.cur.orders.append(OpenOrder(action, priority, ref))
+
+
+def _same(v: float) -> float:
+    return v
+
+
+def _on(base: str, bases: set[str]) -> bool:
+    """Is ``base`` one of the known servers (trailing slash and host case aside)?"""
+    b = base.rstrip("/").lower()
+    return any(b == k.rstrip("/").lower() for k in bases)
+
+
+_LEFT_OUT_WHY = {
+    "other": "belong to another patient",
+    "server": "name a patient on another FHIR server",
+    "unsubjected": "have no subject, and the input holds data of more than one patient",
+}
+
+
+def _left_out_message(verdict: str, resource_type: str, n: int) -> str:
+    what = f"{n} {resource_type} resource" + ("s" if n != 1 else "")
+    verb = _LEFT_OUT_WHY[verdict]
+    if n == 1:
+        verb = (
+            verb.replace("belong ", "belongs ").replace("name ", "names ").replace("have ", "has ")
+        )
+    return f"{what} {verb}: not used for this patient"
+
+
+def _analyte_of(obs: JSON) -> Analyte | None:
+    code = obs.get("code")
+    for c in (code.get("coding") or ()) if isinstance(code, dict) else ():
+        if isinstance(c, dict) and c.get("system") == codes.LOINC:
+            a = codes.LOINC_ANALYTES.get(c.get("code"))  # type: ignore[arg-type]
+            if a is not None:
+                return a
+    return None
+
+
+def _mentions_duffy(code: JSON) -> bool:
+    """Cheap test first: almost every Observation here is an unread lab analyte."""
+    words = code.get("text")
+    words = words if isinstance(words, str) else ""
+    for c in code.get("coding") or ():
+        if isinstance(c, dict):
+            d = c.get("display")
+            if isinstance(d, str):
+                words += d
+    return "uffy" in words or "UFFY" in words or "Fy" in words or "FY" in words
+
+
+def _coded_match(
+    coded: list[tuple[Any, str]], snomed: frozenset[str], icd: tuple[str, ...]
+) -> str | None:
+    for system, cd in coded:
+        if system == codes.SNOMED and cd in snomed:
+            return f"SNOMED CT {cd}"
+        if icd and system in codes.ICD10 and cd.upper().startswith(icd):
+            return f"ICD-10 {cd}"
+    return None
+
+
+_WEIGHT_LOSS_NOT = _words_re(
+    ("intentional", "intended", "surgery", "program", "programme", "diet", "counselling", "goal")
+)
+
+
+def _weight_loss_not(flag: str) -> re.Pattern[str] | None:
+    return _WEIGHT_LOSS_NOT if flag == "weight loss" else None
+
+
+_CYCLE_RE = re.compile(r"\b(cycle\s*\d+|c\d+\s*d\d+)\b")
+
+
+def _chemo_cycle(text: str) -> str | None:
+    """'cycle 3 of FOLFOX', 'C2D1 R-CHOP': a chemotherapy cycle, stated as current."""
+    for clause in _clauses(text):
+        for m in _CYCLE_RE.finditer(clause):
+            if _affirmed(clause, m, past=True, future=True):
+                return m.group(0)
+    return None
 
 
 def match_medication(concept: JSON) -> tuple[str, str] | None:
-    """(ingredient name, how it matched) for a high-risk medication, else None.
+    """(ingredient name, how it matched) for a high-risk medication, else None."""
+    m = match_medication_kind(concept)
+    return None if m is None else (m[0], m[1])
 
-    Ingredient RxCUI first; else the ingredient name in the text or any coding display (real
+
+def match_medication_kind(concept: JSON) -> tuple[str, str, bool] | None:
+    """(ingredient name, how it matched, cytotoxic antineoplastic?) for a high-risk
+    medication, else None.
+
+    Ingredient RxCUI first; then an ATC L01 (antineoplastic agents) coding; else the
+    ingredient or brand name, as a whole word, in the text or any coding display (real
     MedicationRequests often carry clinical-drug codes, not ingredients: codes.md).
     """
-    for c in concept.get("coding") or ():
-        if isinstance(c, dict) and c.get("system") == codes.RXNORM:
+    codings = [c for c in concept.get("coding") or () if isinstance(c, dict)]
+    for c in codings:
+        if c.get("system") == codes.RXNORM:
             name = codes.HIGH_RISK_RXCUI.get(c.get("code"))  # type: ignore[arg-type]
             if name is not None:
-                return name, f"RxNorm ingredient {c['code']}"
-    for text in _texts(concept):
+                return name, f"RxNorm ingredient {c['code']}", name in codes.ANTINEOPLASTIC
+    texts = _texts(concept)
+    for text in texts:
         m = _NAME_RE.search(text.lower())
         if m is not None:
-            return codes.HIGH_RISK_NAMES[m.group(1)], f"name '{m.group(1)}' in '{text}'"
+            name = codes.HIGH_RISK_NAMES[m.group(1)]
+            return name, f"name '{m.group(1)}' in '{text}'", name in codes.ANTINEOPLASTIC
+    for c in codings:
+        cd = c.get("code")
+        if (
+            c.get("system") == codes.ATC
+            and isinstance(cd, str)
+            and cd.upper().startswith(codes.ATC_ANTINEOPLASTIC_PREFIX)
+        ):
+            display = c.get("display")
+            name = (
+                display.strip().lower()
+                if isinstance(display, str) and display.strip()
+                else f"antineoplastic agent (ATC {cd})"
+            )
+            return name, f"ATC {cd} (L01 antineoplastic agents)", True
     return None
 
 
@@ -697,6 +1566,7 @@ def _first_code(concept: Any) -> str | None:
 
 
 def _number(raw: Any) -> float | None:
+    """A JSON number as a finite float; strings are text values (parse_text_value)."""
     kind = type(raw)
     if kind is float:  # the usual case first (orjson gives exact types; bool is not int here)
         v = raw
@@ -706,12 +1576,6 @@ def _number(raw: Any) -> float | None:
         try:
             v = float(raw)
         except OverflowError:  # an int beyond any float (parsed JSON cannot hold one)
-            return None
-    elif isinstance(raw, str):
-        try:
-            # No comma handling: "3,400" (thousands) and "3,4" (decimal) cannot be told apart.
-            v = float(raw.strip())
-        except ValueError:
             return None
     else:
         return None

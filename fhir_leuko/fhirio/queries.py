@@ -84,9 +84,12 @@ class PatientQuery:
         return resource_type, parse_qsl(query, keep_blank_values=True)
 
 
-# Windows (clinical-rules.md): trends, stability and persistence look back a year; fever
-# counts in the 24 h before the index CBC or since; B12/folate are "recent" within 90 days.
-CBC_WINDOW = timedelta(days=365)
+# Windows (clinical-rules.md): trends, stability and persistence look back 24 months (v2:
+# "progressive decline: >= 3 draws within 24 months (the CDS prefetch and the FHIR queries
+# therefore read 24 months of CBCs)"); fever counts in the 24 h before the index CBC or since;
+# B12/folate are "recent" within 90 days.
+CBC_WINDOW_MONTHS = 24
+CBC_WINDOW = timedelta(days=731)  # 24 months, the longer of two calendar years (leap day)
 TEMPERATURE_WINDOW = timedelta(hours=48)
 B12_FOLATE_WINDOW = timedelta(days=90)
 

@@ -9,7 +9,8 @@ yet both are common lab spellings of 10^9/L. Unknown units are reported, never g
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 
 from fhir_leuko.clinical.model import ANALYTE_LABEL, Analyte
 
@@ -29,12 +30,43 @@ def _same(v: float) -> float:
 
 
 def _key(unit: str) -> str:
-    """Fold spelling noise: spaces, the two micro signs, case."""
-    return unit.strip().replace(" ", "").replace("\u00b5", "u").replace("\u03bc", "u").lower()
+    """Fold spelling noise that never changes the meaning: spaces and the two micro signs.
+
+    Case is kept: UCUM is case-sensitive where it matters (``g/L`` grams per litre is not
+    ``G/L`` giga per litre); :func:`_lookup` folds case only where that is harmless.
+    """
+    return unit.strip().replace(" ", "").replace("\u00b5", "u").replace("\u03bc", "u")
 
 
-def _table(spec: Mapping[Converter, tuple[str, ...]]) -> dict[str, Converter]:
-    return {_key(u): conv for conv, units in spec.items() for u in units}
+class _Table:
+    """Unit spellings of one kind of quantity: exact spellings first, then case-folded ones.
+
+    ``strict``: lower-case spellings that must match exactly (their case carries meaning):
+    ``g/l`` is grams per litre on a count (``G/L`` is giga per litre) and gauss per litre
+    (``G/L``) on haemoglobin. Every other spelling is matched whatever its case (``/ul`` and
+    ``/uL`` are both per microlitre: UCUM's ``l`` and ``L`` are both litre).
+    """
+
+    __slots__ = ("exact", "folded", "strict")
+
+    def __init__(self, spec: Mapping[Converter, tuple[str, ...]], strict: frozenset[str]) -> None:
+        self.exact = {_key(u): conv for conv, units in spec.items() for u in units}
+        self.strict = strict
+        self.folded = {k.lower(): c for k, c in self.exact.items() if k.lower() not in strict}
+
+    def get(self, unit: str) -> Converter | None:
+        k = _key(unit)
+        conv = self.exact.get(k)
+        if conv is None:
+            conv = self.folded.get(k.lower())
+        return conv
+
+    def __contains__(self, unit: str) -> bool:
+        return self.get(unit) is not None
+
+
+def _table(spec: Mapping[Converter, tuple[str, ...]], strict: Iterable[str] = ()) -> _Table:
+    return _Table(spec, frozenset(strict))
 
 
 # Counts: x1 and x0.001 spellings from codes.md, plus a few unambiguous variants.
@@ -50,14 +82,21 @@ COUNT_UNITS = _table(
             "/nL",
             "K/uL",
             "k/uL",
+            "K/mm3",  # Meditech
+            "K/cumm",
+            "K/mcL",
             "x10E3/uL",
             "10E3/uL",
             "x10^3/uL",
             "thou/uL",
+            "thou/mm3",
+            "thou/cumm",
             "th/cumm",
+            "th/uL",
             "Tsd/\u00b5l",
             "Tsd/ul",
             "G/L",
+            "G/l",
             "giga/L",
             # unambiguous variants of the above
             "x10*9/L",
@@ -66,22 +105,35 @@ COUNT_UNITS = _table(
             "x10E9/L",
             "x10*3/uL",
             "10^3/mm3",
+            "x10*3/mm3",
+            "10*3/cumm",
+            "10*3/mcL",
+            "10^3/mcL",
+            "x10^3/mcL",
         ),
         _PER_UL: (
             "/uL",
             "/mm3",
+            "/cumm",
+            "/mcL",
             "{cells}/uL",
             "cells/uL",
             "cells/mm3",
-            "/cumm",
+            "cells/cumm",
             "cells/mcL",
             "/\u00b5l",
         ),
-    }
+    },
+    # 'g/L' is grams per litre (a mass concentration), only 'G/L' and 'G/l' are giga per litre.
+    strict=("g/l",),
 )
-PERCENT_UNITS = _table({_same: ("%", "percent")})
-FRACTION_UNITS = _table({_scale(100.0): ("1",)})  # 0.47 = 47 %
-HB_UNITS = _table({_same: ("g/dL",), _scale(0.1): ("g/L",), _scale(1 / 0.6206): ("mmol/L",)})
+# Percent, or '1' as a fraction (0.47 = 47 %).
+_PERCENT_TABLE = _table({_same: ("%", "percent"), _scale(100.0): ("1",)})
+# 'G/L' on haemoglobin would be gauss per litre: only 'g/L' and 'g/l' are grams per litre.
+HB_UNITS = _table(
+    {_same: ("g/dL", "g/dl"), _scale(0.1): ("g/L", "g/l"), _scale(1 / 0.6206): ("mmol/L",)},
+    strict=("g/l", "g/dl"),
+)
 MCV_UNITS = _table({_same: ("fL", "um3")})
 TEMP_UNITS = _table(
     {_same: ("Cel", "\u00b0C", "degC", "C"), _f_to_c: ("[degF]", "\u00b0F", "degF", "F")}
@@ -94,19 +146,27 @@ _PERCENT_ANALYTES = (
     Analyte.BAND_PERCENT,
     Analyte.LYMPHOCYTE_PERCENT,
 )
+_COUNT_ANALYTES = frozenset(
+    (Analyte.WBC, Analyte.ANC, Analyte.BAND_COUNT, Analyte.LYMPHOCYTE_COUNT, Analyte.PLATELETS)
+)
 
-UNITS_FOR: Mapping[Analyte, dict[str, Converter]] = {
-    **dict.fromkeys(
-        (Analyte.WBC, Analyte.ANC, Analyte.BAND_COUNT, Analyte.LYMPHOCYTE_COUNT, Analyte.PLATELETS),
-        COUNT_UNITS,
-    ),
-    **dict.fromkeys(_PERCENT_ANALYTES, {**PERCENT_UNITS, **FRACTION_UNITS}),
+UNITS_FOR: Mapping[Analyte, _Table] = {
+    **dict.fromkeys(_COUNT_ANALYTES, COUNT_UNITS),
+    **dict.fromkeys(_PERCENT_ANALYTES, _PERCENT_TABLE),
     Analyte.HAEMOGLOBIN: HB_UNITS,
     Analyte.MCV: MCV_UNITS,
     Analyte.BODY_TEMPERATURE: TEMP_UNITS,
     Analyte.VITAMIN_B12: B12_UNITS,
     Analyte.FOLATE: FOLATE_UNITS,
 }
+
+#: A mass concentration ('g/L', 'mg/dL', 'ug/mL', ...): never a count, whatever its case.
+_MASS_RE = re.compile(r"^[munpk]?g/[dcm]?[lL]$")
+
+
+def is_mass_unit(unit: str) -> bool:
+    """True for a mass-per-volume spelling with a lower-case gram ('g/L'; not 'G/L')."""
+    return _MASS_RE.match(_key(unit)) is not None
 
 
 class UnitProblem(ValueError):
@@ -121,23 +181,36 @@ class UnitProblem(ValueError):
 def converter_for(analyte: Analyte, ucum_code: str | None, unit: str | None) -> Converter:
     """Pick the conversion for a quantity: prefer the UCUM ``code``, fall back to ``unit``.
 
-    If both are understood and mean different things, do not guess (codes.md).
+    If both are understood and mean different things, do not guess (codes.md). A mass
+    concentration on a count (``g/L``, grams per litre, for ``G/L``) is never read as a count.
     """
     table = UNITS_FOR[analyte]
-    by_code = table.get(_key(ucum_code)) if ucum_code else None
-    by_unit = table.get(_key(unit)) if unit else None
+    by_code = table.get(ucum_code) if ucum_code else None
+    by_unit = table.get(unit) if unit else None
+    label = ANALYTE_LABEL[analyte]
     if by_code is not None and by_unit is not None and by_code is not by_unit:
         raise UnitProblem(
-            "unit-conflict",
-            f"UCUM code '{ucum_code}' and unit '{unit}' disagree for {ANALYTE_LABEL[analyte]}",
+            "unit-conflict", f"UCUM code '{ucum_code}' and unit '{unit}' disagree for {label}"
         )
+    if analyte in _COUNT_ANALYTES:
+        mass = [u for u in (ucum_code, unit) if u and is_mass_unit(u)]
+        if mass:
+            other = by_code or by_unit
+            what = (
+                f"'{mass[0]}' is a mass concentration (grams per litre), not a count "
+                "(10^9/L is written 'G/L' or '10*9/L')"
+            )
+            if other is not None:
+                raise UnitProblem(
+                    "unit-conflict",
+                    f"UCUM code '{ucum_code}' and unit '{unit}' disagree for {label}: {what}",
+                )
+            raise UnitProblem("unknown-unit", f"unit {what}; not understood for {label}")
     conv = by_code or by_unit
     if conv is None:
         given = [u for u in (ucum_code, unit) if u]
         shown = " / ".join(f"'{u}'" for u in dict.fromkeys(given)) or "no unit"
-        raise UnitProblem(
-            "unknown-unit", f"unit {shown} is not understood for {ANALYTE_LABEL[analyte]}"
-        )
+        raise UnitProblem("unknown-unit", f"unit {shown} is not understood for {label}")
     return conv
 
 

@@ -660,7 +660,11 @@ class Worker:
         data = fetch_patient_data(client, patient_id, now)
         self._stage("fetched", job)
         assessment = evaluate(
-            data, now=now, thresholds=self.settings.thresholds, patient_id=patient_id
+            data,
+            now=now,
+            thresholds=self.settings.thresholds,
+            patient_id=patient_id,
+            fhir_base=client.base_url,
         )
         resources = emit.resources(assessment)
         if not resources and self._supersedes_abnormal(client, patient_id):

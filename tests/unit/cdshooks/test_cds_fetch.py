@@ -192,13 +192,13 @@ def test_paging_stops_once_a_page_is_older_than_the_window(
     old = f"{FHIR}/Observation?_getpages=old"
     older = fhir.get("/Observation", params={"_getpages": "older"}).respond(json=EMPTY)
     fhir.get("/Observation", params={"_getpages": "old"}).respond(
-        json=searchset(cbc(1.0, 0.2, when=at(500)), next_url=f"{FHIR}/Observation?_getpages=older")
+        json=searchset(cbc(1.0, 0.2, when=at(800)), next_url=f"{FHIR}/Observation?_getpages=older")
     )
     cbc_route(fhir).respond(json=searchset(cbc(5.0, 2.5, when=at(0)), next_url=old))
     serve_everything_else(fhir)
     r = app_client.post(PV, json=request())
     assert r.status_code == 200
-    assert r.json() == {"cards": []}  # the 500-day-old neutropenia is outside the 12 months
+    assert r.json() == {"cards": []}  # the 800-day-old neutropenia is outside the 24 months
     assert older.call_count == 0
 
 
@@ -376,12 +376,12 @@ def test_old_fever_is_outside_the_48_hour_window(app_client: TestClient) -> None
     assert "Febrile" not in stale["cards"][0]["summary"]
 
 
-def test_cbc_older_than_12_months_is_not_used(app_client: TestClient) -> None:
+def test_cbc_older_than_24_months_is_not_used(app_client: TestClient) -> None:
     r = app_client.post(
         PV,
         json=request(
             patient=patient(),
-            cbc=searchset(cbc(1.0, 0.2, when=at(400))),
+            cbc=searchset(cbc(1.0, 0.2, when=at(760))),
             temperatures=None,
             vitaminLevels=None,
             medications=None,
@@ -390,3 +390,20 @@ def test_cbc_older_than_12_months_is_not_used(app_client: TestClient) -> None:
         ),
     )
     assert r.json() == {"cards": []}
+
+
+def test_cbc_of_20_months_ago_is_still_read(app_client: TestClient) -> None:
+    # 24-month trend window (clinical-rules.md v2): the former 12 months dropped this draw.
+    r = app_client.post(
+        PV,
+        json=request(
+            patient=patient(),
+            cbc=searchset(cbc(1.0, 0.2, when=at(600))),
+            temperatures=None,
+            vitaminLevels=None,
+            medications=None,
+            conditions=None,
+            openOrders=None,
+        ),
+    )
+    assert r.status_code == 200 and r.json()["cards"]

@@ -23,7 +23,7 @@ from fhir_leuko.cdshooks import services
 from fhir_leuko.cdshooks.feedback import FeedbackStore
 from fhir_leuko.config import IssuerTrustConfig, ServiceSettings, Settings
 from fhir_leuko.fhirio import codes
-from tests.builders import NOW, at, bundle, cbc, patient
+from tests.builders import NOW, at, bundle, cbc, condition, med, order, patient
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "cds"
 BASE = "https://cds.example.org"
@@ -432,12 +432,47 @@ def test_prefetched_patient_must_be_the_context_patient(client: TestClient) -> N
     assert "prefetch.patient is not the Patient of context.patientId" in r.text
 
 
-def test_prefetch_of_another_patient_is_refused(client: TestClient) -> None:
-    other = bundle(
-        [dict(o, subject={"reference": "Patient/p2"}) for o in cbc(1.0, 0.3)], type_="searchset"
-    )
-    r = client.post(PV, json=pv_request(cbc=other))
-    assert r.status_code == 400
+def _of_p2(resource: dict[str, Any]) -> dict[str, Any]:
+    return dict(resource, subject={"reference": "Patient/p2"})
+
+
+def test_prefetch_results_of_another_patient_are_not_used(client: TestClient) -> None:
+    # Patient p2's profound neutropenia, in p1's prefetch, must not act on p1 (normal count).
+    mixed = bundle(cbc(6.0, 3.0) + [_of_p2(o) for o in cbc(1.0, 0.05)], type_="searchset")
+    r = client.post(PV, json=pv_request(cbc=mixed))
+    assert r.status_code == 200
+    assert r.json() == {"cards": []}
+
+
+def test_another_patients_medication_order_and_condition_never_act_on_this_patient(
+    client: TestClient,
+) -> None:
+    # The attack probe's case: p2's clozapine, open repeat CBC and HIV in p1's patient-view.
+    own = bundle(cbc(3.2, 0.8), type_="searchset")  # moderate neutropenia: a repeat CBC is due
+    alone = client.post(PV, json=pv_request(cbc=own)).json()
+    mixed = client.post(
+        PV,
+        json=pv_request(
+            cbc=own,
+            medications=bundle(_of_p2(med("clozapine", "2626")), type_="searchset"),
+            conditions=bundle(
+                _of_p2(condition("HIV infection", ("http://snomed.info/sct", "86406008"))),
+                type_="searchset",
+            ),
+            openOrders=bundle(_of_p2(order("http://loinc.org", "57021-8")), type_="searchset"),
+        ),
+    ).json()
+    text = json.dumps(mixed)
+    assert "clozapine" not in text.lower() and "HIV" not in text and "p2" not in text
+
+    def shown(body: dict[str, Any]) -> list[Any]:
+        return [
+            (c["summary"], c["indicator"], sorted(s["label"] for s in c.get("suggestions", ())))
+            for c in body["cards"]
+        ]
+
+    assert alone["cards"] and shown(mixed) == shown(alone)
+    assert any("CBC" in s["label"] for s in mixed["cards"][0].get("suggestions", ()))
 
 
 def test_an_unexpected_error_is_a_bare_500_and_its_message_is_not_logged(

@@ -135,3 +135,56 @@ def test_haemoglobin_g_per_litre_round_trip(g_dl: float) -> None:
     assert normalise(Analyte.HAEMOGLOBIN, g_dl * 0.6206, "mmol/L", None) == pytest.approx(
         g_dl, rel=1e-12, abs=1e-9
     )
+
+
+# --- codes.md "Units for counts" (v2) and UCUM case ------------------------------------------
+
+V2_X1 = ["K/mm3", "x10*9/L", "K/cumm", "th/cumm", "Tsd/\u00b5l", "giga/L", "G/l", "10^9/l"]
+V2_X0001 = ["/\u00b5l", "cells/mcL", "/ul", "/UL", "CELLS/UL", "/cumm"]
+
+
+@pytest.mark.parametrize("unit", V2_X1)
+def test_v2_count_spellings_meaning_10e9_per_litre(unit: str) -> None:
+    assert normalise(Analyte.WBC, 2.7, None, unit) == 2.7
+    assert normalise(Analyte.ANC, 2.7, unit, None) == 2.7
+
+
+@pytest.mark.parametrize("unit", V2_X0001)
+def test_v2_count_spellings_per_microlitre(unit: str) -> None:
+    assert normalise(Analyte.ANC, 900, None, unit) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("unit", ["g/L", "g/l", "mg/dL", "ug/mL", "g/dL"])
+def test_a_mass_concentration_is_never_read_as_a_count(unit: str) -> None:
+    # UCUM is case-sensitive where it matters: g/L is grams per litre, G/L is 10^9/L.
+    for kind in ("code", "unit"):
+        with pytest.raises(UnitProblem) as e:
+            normalise(
+                Analyte.WBC, 4.0, unit if kind == "code" else None, unit if kind == "unit" else None
+            )
+        assert e.value.code == "unknown-unit" and unit in str(e.value)
+
+
+def test_giga_per_litre_code_with_a_grams_display_is_a_conflict() -> None:
+    with pytest.raises(UnitProblem) as e:
+        normalise(Analyte.WBC, 4.0, "G/L", "g/L")
+    assert e.value.code == "unit-conflict"
+
+
+@pytest.mark.parametrize(
+    ("unit", "factor"), [("g/L", 0.1), ("g/l", 0.1), ("g/dL", 1.0), ("g/dl", 1.0)]
+)
+def test_haemoglobin_grams(unit: str, factor: float) -> None:
+    assert normalise(Analyte.HAEMOGLOBIN, 120, None, unit) == pytest.approx(120 * factor)
+
+
+@pytest.mark.parametrize("unit", ["G/L", "G/dL", "G/DL"])
+def test_haemoglobin_in_gauss_is_not_guessed(unit: str) -> None:
+    with pytest.raises(UnitProblem):
+        normalise(Analyte.HAEMOGLOBIN, 120, None, unit)
+
+
+def test_harmless_case_differences_are_read() -> None:
+    assert normalise(Analyte.WBC, 3.0, "10*3/ul", None) == 3.0
+    assert normalise(Analyte.HAEMOGLOBIN, 8.0, None, "MMOL/L") == pytest.approx(8.0 / 0.6206)
+    assert normalise(Analyte.BODY_TEMPERATURE, 38.5, None, "cel") == 38.5
