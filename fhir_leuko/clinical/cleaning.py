@@ -99,10 +99,11 @@ def group_draws(
     """Group CBC results into draws, oldest first (decision table 1.2 and 1.4).
 
     Results belong to one draw when they share a specimen / DiagnosticReport, or when their
-    effective times are within the tolerance (+-1 h). A result for an analyte the draw already
-    has is the same draw re-sent (1.2: draws, not results) when it shares the draw's specimen
-    or report, or carries the same value: it is kept once (the higher status, else the more
-    worrying value) instead of starting a new serial point. Otherwise it starts a new draw.
+    effective times are within the tolerance (+-1 h) and no two specimens differ. A result for
+    an analyte the draw already has is the same draw re-sent (1.2: draws, not results: later,
+    in another unit or under another code): it is kept once - the higher status, else the same
+    value once, else the more worrying value, reported - instead of starting a new serial
+    point.
     """
     tolerance = timedelta(minutes=t.same_draw_tolerance_minutes)
     groups: list[tuple[datetime, dict[Analyte, Result], set[str]]] = []
@@ -122,9 +123,6 @@ def group_draws(
                     break
                 # Two different specimens are never one draw, even when close in time.
                 if r.draw_id is not None and ids and r.draw_id not in ids:
-                    continue
-                held = members.get(r.analyte)
-                if held is not None and not _same_value(held, r):
                     continue
                 idx = i
                 break
