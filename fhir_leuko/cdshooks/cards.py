@@ -432,18 +432,23 @@ def _data_card(
     a: Assessment, issues: Sequence[DataIssue], service_id: str, rules_url: str
 ) -> m.Card:
     n = len(issues)
-    lines = [
-        "The results that could be read show no leukopenia or neutropenia, but these could "
-        "not be used:"
-    ]
+    if not a.assessable:
+        lines = [md(a.headline) + ".", "", "These results could not be used:"]
+        summary = "Could not be assessed: the white count could not be used - check the results"
+    else:
+        lines = [
+            "The results that could be read show no leukopenia or neutropenia, but these "
+            "could not be used:"
+        ]
+        summary = (
+            f"No leukopenia in the readable results, but {n} lab result{'s' if n > 1 else ''} "
+            "could not be used"
+        )
     lines += _issue_lines(issues, "Data not used")[1:]
     lines += ["", f"Rules and sources: [fhir-leuko clinical rules]({rules_url})"]
     return m.Card(
         uuid=card_uuid(service_id, "data", emit.risk_assessment_identifier(a)),
-        summary=_summary(
-            f"No leukopenia in the readable results, but {n} lab result{'s' if n > 1 else ''} "
-            "could not be used"
-        ),
+        summary=_summary(summary),
         detail="\n".join(lines),
         indicator="info",
         source=_source(rules_url, None),
@@ -462,9 +467,11 @@ def patient_view_response(a: Assessment, *, service_id: str, rules_url: str) -> 
     No leukopenia or neutropenia -> no cards, unless results could not be read: then one
     info card says which, because the normal verdict does not cover them.
     """
-    if not a.actionable:
-        issues = unusable_results(a)
-        if not issues:
+    if a.risk is Risk.NEGLIGIBLE:
+        # Normal, or not assessable (decision table 1.8): a card only to name what could
+        # not be used, because a normal verdict does not cover it.
+        issues = a.unusable or unusable_results(a)
+        if not issues and a.assessable:
             return m.CdsResponse(cards=[])
         return m.CdsResponse(cards=[_data_card(a, issues, service_id, rules_url)])
     resources = emit.resources(a)

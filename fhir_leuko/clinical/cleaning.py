@@ -41,13 +41,14 @@ def dedupe(results: Iterable[Result]) -> tuple[list[Result], list[DataIssue], li
     amended/corrected > final > preliminary; identical duplicates count once; two different
     values with the same status at the same time are reported and the more worrying is kept.
     """
-    by_key: dict[tuple[Analyte, datetime], list[Result]] = defaultdict(list)
+    # Two panels drawn at the same time (different specimens or reports) are two draws.
+    by_key: dict[tuple[Analyte, datetime, str | None], list[Result]] = defaultdict(list)
     for r in results:
-        by_key[(r.analyte, r.time)].append(r)
+        by_key[(r.analyte, r.time, r.draw_id)].append(r)
     kept: list[Result] = []
     issues: list[DataIssue] = []
     trace: list[RuleHit] = []
-    for (analyte, at), group in by_key.items():
+    for (analyte, at, _), group in by_key.items():
         if len(group) == 1:
             kept.append(group[0])
             continue

@@ -12,8 +12,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import pytest
-
 from fhir_leuko.clinical.model import Analyte, NeutropeniaGrade, Risk
 from fhir_leuko.fhirio.ingest import ingest
 from fhir_leuko.service import evaluate
@@ -154,11 +152,6 @@ def test_two_panels_drawn_in_the_same_minute_stay_two_draws() -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the clinical core (cleaning.dedupe) still keys duplicates by analyte and time, not "
-    "by draw; ingest gives each panel its own draw_id (the test above)",
-)
 def test_two_panels_drawn_in_the_same_minute_are_two_draws_for_the_rules() -> None:
     when = at()
     a = evaluate(
