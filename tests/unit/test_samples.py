@@ -108,7 +108,8 @@ def test_sample_input_is_a_valid_r4_bundle_with_a_patient(name: str) -> None:
     doc = json.loads(_path(name).read_text())
     assert doc["resourceType"] == "Bundle"
     assert doc["type"] in ("collection", "searchset", "transaction")
-    emit.validate(doc)
+    if "input_not_valid_r4" not in EXPECTED[name]:  # vendor data that bends R4, on purpose
+        emit.validate(doc)
     patients = _resources(doc, "Patient")
     assert len(patients) == 1 and patients[0]["birthDate"] and patients[0]["gender"]
 
