@@ -1407,6 +1407,11 @@ class _Reader:
         self.own(res)
         if res.get("status") not in OPEN_ORDER_STATUSES:
             return
+        if _own_proposal(res):
+            # fhir-leuko's own earlier suggestion, written back as a draft proposal: not an
+            # order anyone placed. Counting it would change the assessment of the same data on
+            # the next run; the write-back's conditional create already keeps it single.
+            return
         code = res.get("code")
         codings = code.get("coding") if isinstance(code, dict) else None
         if not isinstance(codings, list):
@@ -1421,6 +1426,16 @@ class _Reader:
             if action is not None and action not in seen:
                 seen.add(action)
                 self.cur.orders.append(OpenOrder(action, priority, ref))
+
+
+def _own_proposal(res: JSON) -> bool:
+    """A draft proposal carrying fhir-leuko's own ServiceRequest identifier."""
+    if res.get("intent") != "proposal" or res.get("status") != "draft":
+        return False
+    ids = res.get("identifier")
+    return isinstance(ids, list) and any(
+        isinstance(i, dict) and i.get("system") == codes.SR_IDENTIFIER_SYSTEM for i in ids
+    )
 
 
 def _same(v: float) -> float:

@@ -10,7 +10,7 @@ from fhir_leuko.clinical.model import Analyte, Risk
 from fhir_leuko.errors import InputError
 from fhir_leuko.fhirio.ingest import ingest, resources_of
 from fhir_leuko.service import evaluate
-from tests.builders import ANC, BAND_PCT, NEUT_PCT, NOW, WBC, at, bundle, cbc, obs, patient
+from tests.builders import ANC, BAND_PCT, NEUT_PCT, NOW, WBC, at, bundle, cbc, obs, order, patient
 
 
 def issue_codes(doc: Any) -> set[str]:
@@ -250,3 +250,17 @@ def test_unreadable_medication_is_reported_not_skipped() -> None:
     }
     a = evaluate(bundle(patient(), cbc(3.6, 2.0), mr), now=NOW)
     assert "unresolved-medication" in {i.code for i in a.issues}
+
+
+def test_our_own_draft_proposals_are_not_open_orders() -> None:
+    # A proposal fhir-leuko wrote back earlier must not change the next assessment of the same
+    # data; an order a clinician placed (intent order, active) still counts.
+    from fhir_leuko.fhirio import codes
+
+    ours = order("http://loinc.org", "57021-8", status="draft")
+    ours.update(
+        intent="proposal", identifier=[{"system": codes.SR_IDENTIFIER_SYSTEM, "value": "x"}]
+    )
+    placed = order("http://loinc.org", "57021-8", status="active")
+    assert ingest(bundle(patient(), obs(WBC, 3.0), ours)).open_orders == ()
+    assert len(ingest(bundle(patient(), obs(WBC, 3.0), placed)).open_orders) == 1
