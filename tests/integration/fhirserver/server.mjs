@@ -15,7 +15,8 @@
 //     would let a typo pass a test as "no data"; HAPI answers 400 too)
 //   - all-or-nothing transactions (the router keeps the writes before a failing entry)
 //   - POST <base>/$reset empties the store, so tests need not restart the process
-//   - GET <base>/metadata answers a minimal CapabilityStatement (used as the readiness probe)
+//   - GET <base>/metadata answers a CapabilityStatement of what this server does (also the
+//     readiness probe)
 //   - POST <base>/<Type>/_search with a form body, as the CDS Hooks sandbox sends
 // Requests are handled one at a time: tests get deterministic ordering and the transaction
 // snapshot cannot interleave with another write.
@@ -153,7 +154,16 @@ function decorateSearchset(bundle, origin, relPath, searchParams) {
   return bundle;
 }
 
+// What the shell and the router really do, so a client reading the CapabilityStatement (as
+// fhir-leuko check-server does) sees the truth: transactions, conditional create, searches.
+// No Subscription: nothing here sends notifications.
+const CAPABILITY_TYPES = [
+  'Patient', 'Observation', 'DiagnosticReport', 'Specimen', 'MedicationRequest',
+  'MedicationStatement', 'Medication', 'Condition', 'ServiceRequest', 'RiskAssessment',
+];
+
 function capabilityStatement() {
+  const interaction = ['read', 'vread', 'update', 'create', 'search-type', 'delete'].map((code) => ({ code }));
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -162,7 +172,22 @@ function capabilityStatement() {
     software: { name: 'fhir-leuko test server (@medplum/fhir-router, in memory)' },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
-    rest: [{ mode: 'server' }],
+    rest: [
+      {
+        mode: 'server',
+        interaction: [{ code: 'transaction' }, { code: 'batch' }],
+        resource: CAPABILITY_TYPES.map((type) => ({
+          type,
+          interaction,
+          conditionalCreate: true,
+          searchParam: [
+            { name: '_id', type: 'token' },
+            { name: '_lastUpdated', type: 'date' },
+            { name: '_tag', type: 'token' },
+          ],
+        })),
+      },
+    ],
   };
 }
 
