@@ -16,6 +16,7 @@ impossible). Only a required check can fail; exit status 1 says one did.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -227,8 +228,7 @@ class _Checker:
         url = exchange.url
         base = self.client.base_url
         rel = url[len(base) :].lstrip("/") if url.startswith(base) else url
-        text = f"{exchange.method} {unquote(rel) or '[base]'}"
-        return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+        return f"{exchange.method} {unquote(rel) or '[base]'}"
 
     def verdict(
         self,
@@ -1321,7 +1321,7 @@ def render_text(report: Report) -> str:
             lines.append(_line(c.status, c.title, c.ms, c.reason))
             if c.status in (FAIL, WARN) and c.request:
                 status = f" -> HTTP {c.http_status}" if c.http_status else ""
-                lines.append(f"{'':{_INDENT}}{c.request}{status}")
+                lines.append(f"{'':{_INDENT}}{_short_request(c.request)}{status}")
         if scenarios and c.id == "write.load":
             lines.extend(_scenario_lines(scenarios))
         i += same
@@ -1344,6 +1344,17 @@ _INDENT: Final = 8
 def _line(status: str, title: str, ms: float | None, reason: str) -> str:
     took = f"{ms:6.0f} ms" if ms else ""
     return f"{_MARK[status]}  {title[:_TITLE_WIDTH]:<{_TITLE_WIDTH}} {took:>9}  {reason}"
+
+
+def _short_request(request: str) -> str:
+    """For the screen: a long code list as its first code and a count, then cut to fit."""
+
+    def fold(m: re.Match[str]) -> str:
+        values = m.group(2).split(",")
+        return m.group(1) + (f"{values[0]},…+{len(values) - 1}" if len(values) > 2 else m.group(2))
+
+    text = re.sub(r"((?:^|[?&])code=)([^&]*)", fold, request)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
 
 
 def _plural(n: int, word: str) -> str:
