@@ -33,7 +33,7 @@ import httpx
 import orjson
 
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
-from fhir_leuko.errors import FhirServerError, InputError
+from fhir_leuko.errors import FhirServerError, InputError, LeukoError
 from fhir_leuko.fhirio import codes, emit, queries
 from fhir_leuko.fhirio.client import Auth, FhirClient, bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
@@ -169,6 +169,10 @@ class _Recorder:
         )
 
 
+class _NotServer(FhirServerError):
+    """A check's failure that is not an HTTP answer (unreadable data, a bug): no status."""
+
+
 @dataclass
 class _Probe:
     """What one check sent: filled in by :meth:`_Checker.probe`."""
@@ -217,6 +221,10 @@ class _Checker:
             yield p
         except FhirServerError as err:
             p.error = err
+        except LeukoError as err:  # e.g. data the evaluation cannot read
+            p.error = _NotServer(str(err))
+        except Exception as err:  # noqa: BLE001 - one odd answer must not end every check
+            p.error = _NotServer(f"unexpected {type(err).__name__}: {err}")
         finally:
             p.ms = (time.perf_counter() - t0) * 1000
             p.exchanges = self.rec.log[start:]
@@ -285,7 +293,7 @@ class _Checker:
         with self.probe() as p:
             cs = self.client.get_url("metadata")
         if p.error is not None:
-            if p.error.status is None:
+            if p.error.status is None and not isinstance(p.error, _NotServer):
                 self.no_access = f"the server did not answer ({p.error})"
             self.error_verdict("capability", title, p)
             return
@@ -322,7 +330,8 @@ class _Checker:
         with self.probe() as p:
             self.client.search("Patient", {"_count": 1}, limit=1, max_pages=1)
         status = p.error.status if p.error else None
-        if p.error is not None and (status in (401, 403) or status is None):
+        unreachable = status is None and not isinstance(p.error, _NotServer)
+        if p.error is not None and (status in (401, 403) or unreachable):
             self.no_access = f"no access to data: {_describe(p)}"
             self.error_verdict("access", title, p)
             return

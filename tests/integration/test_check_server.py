@@ -1,0 +1,161 @@
+"""``fhir-leuko check-server`` against a real FHIR server (Medplum's router, on 127.0.0.1).
+
+Every check passes (the only warning allowed is the one this server earns: it sends no
+Subscription notifications, and a loaded machine may make a query slow), and ``--write``
+leaves nothing behind: after the run the store holds nothing at all.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from fhirserver.harness import fhir_server, fresh_fhir_server  # noqa: F401
+
+from fhir_leuko.checkserver import FAIL, PASS, WARN
+from fhir_leuko.cli import main
+from fhir_leuko.fhirio.client import FhirClient
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+# Several CBC dates (sort and paging), medications and conditions, an open order, a normal CBC.
+SUBSET = (
+    "02-febrile-neutropenia-celsius",
+    "13-progressive-decline",
+    "24-open-repeat-cbc-order",
+    "25-normal-cbc",
+)
+ALLOWED_WARNINGS = {"subscriptions", "speed"}
+TYPES = (
+    "Patient",
+    "Observation",
+    "DiagnosticReport",
+    "Specimen",
+    "MedicationRequest",
+    "Condition",
+    "ServiceRequest",
+    "RiskAssessment",
+)
+
+
+@pytest.fixture
+def client(fresh_fhir_server: str) -> Iterator[FhirClient]:  # noqa: F811
+    with httpx.Client(trust_env=False) as http, FhirClient(fresh_fhir_server, client=http) as c:
+        yield c
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> Path:
+    out = tmp_path / "samples"
+    out.mkdir()
+    shutil.copy(SAMPLES / "expectations.json", out)
+    for stem in SUBSET:
+        shutil.copy(SAMPLES / f"{stem}.json", out)
+        shutil.copy(SAMPLES / f"{stem}.expected.json", out)
+    return out
+
+
+def run_cli(args: list[str], report: Path) -> tuple[int, dict[str, object]]:
+    code = main(["check-server", *args, "--format", "json", "--output", str(report)])
+    return code, orjson.loads(report.read_bytes())
+
+
+def statuses(doc: dict[str, object]) -> dict[str, str]:
+    checks = doc["checks"]
+    assert isinstance(checks, list)
+    return {c["id"]: c["status"] for c in checks}
+
+
+def everything_on(client: FhirClient) -> dict[str, int]:
+    return {t: len(client.search(t, {"_count": 100})) for t in TYPES}
+
+
+def test_write_run_passes_every_check_and_leaves_nothing_behind(
+    client: FhirClient, samples: Path, tmp_path: Path
+) -> None:
+    code, doc = run_cli(
+        ["--fhir-base", client.base_url, "--write", "--samples", str(samples)],
+        tmp_path / "report.json",
+    )
+
+    seen = statuses(doc)
+    assert code == 0, [c for c in doc["checks"] if c["status"] != PASS]  # type: ignore[union-attr]
+    assert {k for k, v in seen.items() if v == FAIL} == set()
+    assert {k for k, v in seen.items() if v == WARN} <= ALLOWED_WARNINGS
+    for stem in SUBSET:
+        assert seen[f"scenario.{stem}"] == PASS
+    for cid in ("search.sort", "search.paging", "write.transaction", "write.rerun"):
+        assert seen[cid] == PASS
+    assert seen["write.cleanup"] == PASS
+    assert doc["remaining"] == []
+    assert everything_on(client) == dict.fromkeys(TYPES, 0)
+
+
+def load_sample(client: FhirClient, stem: str) -> str:
+    """PUT a sample's resources with their own ids (references stay valid); the patient id."""
+    bundle = orjson.loads((SAMPLES / f"{stem}.json").read_bytes())
+    resources = [e["resource"] for e in bundle["entry"]]
+    client.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": r,
+                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+                }
+                for r in resources
+            ],
+        }
+    )
+    return str(next(r["id"] for r in resources if r["resourceType"] == "Patient"))
+
+
+def test_read_only_run_passes_every_check_and_writes_nothing(
+    client: FhirClient, tmp_path: Path
+) -> None:
+    pid = load_sample(client, "13-progressive-decline")
+    load_sample(client, "02-febrile-neutropenia-celsius")
+    before = everything_on(client)
+    assert before["Observation"] > 0 and before["Patient"] == 2
+
+    code, doc = run_cli(["--fhir-base", client.base_url], tmp_path / "report.json")
+
+    seen = statuses(doc)
+    assert code == 0
+    assert {k for k, v in seen.items() if v in (WARN, FAIL)} <= ALLOWED_WARNINGS
+    assert doc["patient"] == f"Patient/{pid} (most CBC results of the first 100 found)"
+    assert seen["search.sort"] == seen["search.paging"] == PASS
+    assert seen["write.transaction"] == seen["write.conditional-create"] == PASS  # declared
+    assert everything_on(client) == before
+
+
+def test_junit_for_ci(
+    client: FhirClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pid = load_sample(client, "13-progressive-decline")
+    junit = tmp_path / "check-server.xml"
+
+    code = main(
+        [
+            "check-server",
+            "--fhir-base",
+            client.base_url,
+            "--patient",
+            pid,
+            "--format",
+            "junit",
+            "--output",
+            str(junit),
+        ]
+    )
+
+    assert code == 0
+    assert junit.read_text().startswith("<?xml")
+    assert "<failure" not in junit.read_text()
+    assert "PASS:" in capsys.readouterr().out
