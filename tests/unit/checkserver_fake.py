@@ -6,6 +6,7 @@ references and ``ifNoneExist``), and each capability can be switched off or brok
 can show that exactly that check notices:
 
 ``sort``         False: ``_sort`` is ignored (results in the order they were stored)
+``newest_first`` with ``sort`` False: always newest first, whatever ``_sort`` says
 ``paging``       False: ``_count`` is honoured but no ``next`` link is given
 ``transaction``  False: POST [base] answers 405 and the CapabilityStatement does not declare it
 ``token``        a bearer token every request but ``metadata`` needs (else 401)
@@ -45,6 +46,7 @@ def outcome(code: str, text: str) -> JSON:
 @dataclass
 class FakeFhirServer:
     sort: bool = True
+    newest_first: bool = False
     paging: bool = True
     transaction: bool = True
     token: str | None = None
@@ -164,7 +166,9 @@ class FakeFhirServer:
             elif name == "date" and parse_time(value.lstrip("gelt")) is None:
                 return self.error(400, "invalid", f"Invalid date/time format: {value}")
         sort = params.get("_sort")
-        if sort and self.sort:
+        if self.newest_first and not self.sort:
+            found.sort(key=_effective, reverse=True)
+        elif sort and self.sort:
             key = sort.lstrip("-")
             if key != "date":
                 return self.error(400, "not-supported", f"Unknown sort parameter {key}")

@@ -129,6 +129,16 @@ def test_server_ignoring_sort_fails_the_sort_check_only(samples: Path) -> None:
     assert report.exit_code == 1
 
 
+def test_server_always_answering_newest_first_only_warns_on_sort(samples: Path) -> None:
+    report, _ = check(
+        FakeFhirServer(sort=False, newest_first=True), write=True, samples_dir=samples
+    )
+
+    assert not_passing(report) == {"search.sort": WARN}
+    assert "newest first whatever _sort says" in by_id(report, "search.sort").reason
+    assert report.exit_code == 0
+
+
 def test_server_without_next_links_fails_the_paging_check_only(samples: Path) -> None:
     report, _ = check(FakeFhirServer(paging=False), write=True, samples_dir=samples)
 
