@@ -16,6 +16,7 @@ impossible). Only a required check can fail; exit status 1 says one did.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import uuid
@@ -395,6 +396,14 @@ class _Checker:
                 found.extend(bundle_resources(page))
         if p.error is not None:
             self.error_verdict(cid, title, p)
+            culprit = self._refused_parameter(rtype, params, p.error)
+            if culprit:
+                last = self.report.checks[-1]
+                self.report.checks[-1] = dataclasses.replace(
+                    last,
+                    reason=f"refused because of {culprit} (the same search without it "
+                    f"is answered): {last.reason}",
+                )
             return None
         wrong = _mismatches(found, rtype, pid, params)
         if wrong:
@@ -409,6 +418,24 @@ class _Checker:
         what = f"{_plural(len(found), rtype)}, {_plural(pages, 'page')}"
         self.verdict(cid, title, p, PASS, what)
         return found
+
+    def _refused_parameter(
+        self, rtype: str, params: Sequence[tuple[str, str]], error: FhirServerError
+    ) -> str:
+        """Which result parameter (``_sort``, ``_count``) a 4xx refusal was about, if either:
+        the same search without it is tried once (a diagnosis, not part of any check)."""
+        if error.status is None or not 400 <= error.status < 500 or error.status in (401, 403):
+            return ""
+        for name in ("_sort", "_count"):
+            sent = [(k, v) for k, v in params if k == name]
+            if not sent:
+                continue
+            try:
+                self.client.search(rtype, [(k, v) for k, v in params if k != name], limit=1)
+            except FhirServerError:
+                continue
+            return f"{name}={sent[0][1]}"
+        return ""
 
     def check_loinc_token(self, pid: str) -> None:
         """``code=http://loinc.org|6690-2`` matches LOINC only: a SNOMED system with the same
@@ -1186,11 +1213,26 @@ class _Writer:
             )
 
     def _find_by_identifier(self, resource: JSON) -> list[tuple[str, str]]:
+        """Where a written resource is, by its identifier. Only results that carry the
+        identifier count: a server ignoring the parameter must not make us delete others'."""
         ident = (resource.get("identifier") or [{}])[0]
+        wanted = (ident.get("system"), ident.get("value"))
         found = self.client.search(
-            resource["resourceType"], {"identifier": f"{ident.get('system')}|{ident.get('value')}"}
+            resource["resourceType"], {"identifier": f"{wanted[0]}|{wanted[1]}"}
         )
-        return [(str(r.get("resourceType")), str(r.get("id"))) for r in found]
+        return [
+            (str(r.get("resourceType")), str(r.get("id")))
+            for r in found
+            if any(
+                isinstance(i, dict) and (i.get("system"), i.get("value")) == wanted
+                for i in r.get("identifier") or ()
+            )
+        ]
+
+    def _is_tagged(self, resource: Mapping[str, Any]) -> bool:
+        tags = (resource.get("meta") or {}).get("tag") or ()
+        mine = (CHECK_TAG_SYSTEM, self.tag["code"])
+        return any(isinstance(t, dict) and (t.get("system"), t.get("code")) == mine for t in tags)
 
     def _remaining(self, targets: Sequence[tuple[str, str]]) -> Counter[str]:
         """What can still be found: by the run's tag, and written resources by identifier."""
@@ -1199,7 +1241,7 @@ class _Writer:
             found = self.client.search(
                 rtype, {"_tag": f"{CHECK_TAG_SYSTEM}|{self.tag['code']}", "_count": 100}
             )
-            left[rtype] += len(found)
+            left[rtype] += sum(1 for r in found if self._is_tagged(r))
         for sc in self.scenarios:
             for r in sc.written:
                 left[r["resourceType"]] += len(self._find_by_identifier(r))

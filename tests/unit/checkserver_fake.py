@@ -7,6 +7,8 @@ can show that exactly that check notices:
 
 ``sort``         False: ``_sort`` is ignored (results in the order they were stored)
 ``newest_first`` with ``sort`` False: always newest first, whatever ``_sort`` says
+``reject_sort``  True: any ``_sort`` is answered 400 (an unknown parameter, as HAPI does)
+``identifier_search`` False: the ``identifier`` search parameter is ignored (matches all)
 ``paging``       False: ``_count`` is honoured but no ``next`` link is given
 ``transaction``  False: POST [base] answers 405 and the CapabilityStatement does not declare it
 ``token``        a bearer token every request but ``metadata`` needs (else 401)
@@ -47,6 +49,8 @@ def outcome(code: str, text: str) -> JSON:
 class FakeFhirServer:
     sort: bool = True
     newest_first: bool = False
+    reject_sort: bool = False
+    identifier_search: bool = True
     paging: bool = True
     transaction: bool = True
     token: str | None = None
@@ -159,7 +163,9 @@ class FakeFhirServer:
                 found = [r for r in found if _matches_token(r.get("clinicalStatus"), value)]
             elif name == "status":
                 found = [r for r in found if r.get("status") in value.split(",")]
-            elif name == "identifier":
+            elif name == "_sort" and self.reject_sort:
+                return self.error(400, "not-supported", "Unknown search parameter: _sort")
+            elif name == "identifier" and self.identifier_search:
                 found = [r for r in found if _has_identifier(r, value)]
             elif name == "_tag":
                 found = [r for r in found if _matches_tag(r, value)]

@@ -139,6 +139,37 @@ def test_server_always_answering_newest_first_only_warns_on_sort(samples: Path) 
     assert report.exit_code == 0
 
 
+def test_server_refusing_sort_fails_each_search_that_sends_it_and_says_so() -> None:
+    fake = FakeFhirServer(reject_sort=True)
+    pid = preload(fake)
+
+    report, _ = check(fake, patient=pid)
+
+    sorted_searches = {"search.cbc", "search.temperatures", "search.vitaminLevels"}
+    assert not_passing(report) == dict.fromkeys(
+        sorted_searches | {"search.sort", "search.paging"}, FAIL
+    )
+    for cid in sorted_searches:
+        assert by_id(report, cid).reason.startswith("refused because of _sort=-date")
+    assert by_id(report, "search.medications").status == PASS  # sends no _sort
+
+
+def test_cleanup_deletes_only_what_carries_its_identifiers(samples: Path) -> None:
+    fake = FakeFhirServer(identifier_search=False)  # identifier=... matches everything
+    someone_elses = fake.add(
+        {
+            "resourceType": "RiskAssessment",
+            "status": "final",
+            "identifier": [{"system": "urn:other", "value": "theirs"}],
+        }
+    )
+
+    report, _ = check(fake, write=True, samples_dir=samples)
+
+    assert fake.all() == [someone_elses]
+    assert by_id(report, "write.cleanup").status == PASS
+
+
 def test_server_without_next_links_fails_the_paging_check_only(samples: Path) -> None:
     report, _ = check(FakeFhirServer(paging=False), write=True, samples_dir=samples)
 
