@@ -523,7 +523,7 @@ class _Checker:
                 title,
                 p,
                 FAIL,
-                f"_sort=-date ignored: dates come back as {_dates(down)}",
+                f"_sort=-date ignored: {_first_disorder(down, descending=True)}",
                 shown=shown,
             )
         elif not _ordered(up, descending=False):
@@ -532,7 +532,8 @@ class _Checker:
                 title,
                 p,
                 WARN,
-                f"newest first whatever _sort says (_sort=date came back as {_dates(up)}): "
+                f"newest first whatever _sort says (_sort=date: "
+                f"{_first_disorder(up, descending=False)}): "
                 "enough for fhir-leuko, which only asks for -date, if that order is promised",
                 required=False,
                 shown=p.last,
@@ -1621,9 +1622,13 @@ def _ordered(times: Sequence[datetime | None], *, descending: bool) -> bool:
     return all((a >= b) if descending else (a <= b) for a, b in pairs)
 
 
-def _dates(times: Sequence[datetime | None]) -> str:
-    shown = [t.date().isoformat() if t else "none" for t in times[:5]]
-    return ", ".join(shown) + (", …" if len(times) > 5 else "")
+def _first_disorder(times: Sequence[datetime | None], *, descending: bool) -> str:
+    """Where the order first breaks: ``result 6 of 15 (2026-03-09) came after 2025-10-15``."""
+    dated = [t for t in times if t is not None]
+    for i, (a, b) in enumerate(zip(dated, dated[1:], strict=False)):
+        if (a < b) if descending else (a > b):
+            return f"result {i + 2} of {len(dated)} ({b.isoformat()}) came after {a.isoformat()}"
+    return "in order"
 
 
 def _full_url(bundle: Mapping[str, Any], index: int) -> str | None:

@@ -2,7 +2,8 @@
 
 Every check passes (the only warning allowed is the one this server earns: it sends no
 Subscription notifications, and a loaded machine may make a query slow), and ``--write``
-leaves nothing behind: after the run the store holds nothing at all.
+leaves nothing behind: after the run the store holds nothing at all. The same server with one
+capability switched off fails or warns on exactly the check that names it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from fhirserver.harness import fhir_server, fresh_fhir_server  # noqa: F401
+from fhirserver.harness import fhir_server, fresh_fhir_server, start_fhir_server  # noqa: F401
 
 from fhir_leuko.checkserver import FAIL, PASS, WARN
 from fhir_leuko.cli import main
@@ -49,15 +50,24 @@ def client(fresh_fhir_server: str) -> Iterator[FhirClient]:  # noqa: F811
         yield c
 
 
-@pytest.fixture
-def samples(tmp_path: Path) -> Path:
-    out = tmp_path / "samples"
+def copy_samples(out: Path, stems: tuple[str, ...]) -> Path:
     out.mkdir()
     shutil.copy(SAMPLES / "expectations.json", out)
-    for stem in SUBSET:
+    for stem in stems:
         shutil.copy(SAMPLES / f"{stem}.json", out)
         shutil.copy(SAMPLES / f"{stem}.expected.json", out)
     return out
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> Path:
+    return copy_samples(tmp_path / "samples", SUBSET)
+
+
+@pytest.fixture
+def one_sample(tmp_path: Path) -> Path:
+    """The scenario with most CBC dates: enough to exercise sort, paging and write-back."""
+    return copy_samples(tmp_path / "one-sample", ("13-progressive-decline",))
 
 
 def run_cli(args: list[str], report: Path) -> tuple[int, dict[str, object]]:
@@ -159,3 +169,35 @@ def test_junit_for_ci(
     assert junit.read_text().startswith("<?xml")
     assert "<failure" not in junit.read_text()
     assert "PASS:" in capsys.readouterr().out
+
+
+# -- the same server with one capability switched off ------------------------------------------
+
+CRIPPLED = [
+    # (what the server lacks, the one check that must not pass, its status, words it must say)
+    ("no-next-links", "search.paging", FAIL, "no next link"),
+    ("no-sort", "search.sort", FAIL, "_sort=-date ignored"),
+    ("no-transaction", "write.transaction", FAIL, "405"),
+    ("html-errors", "errors.operation-outcome", WARN, "text/html, not an OperationOutcome"),
+]
+
+
+@pytest.mark.parametrize(("lacks", "check_id", "status", "words"), CRIPPLED, ids=lambda v: v)
+def test_a_server_lacking_one_capability_fails_or_warns_exactly_that_check(
+    lacks: str, check_id: str, status: str, words: str, one_sample: Path, tmp_path: Path
+) -> None:
+    with start_fhir_server(lacks=[lacks]) as base:
+        code, doc = run_cli(
+            ["--fhir-base", base, "--write", "--samples", str(one_sample)],
+            tmp_path / "report.json",
+        )
+        with httpx.Client(trust_env=False) as http, FhirClient(base, client=http) as client:
+            left = everything_on(client)
+
+    seen = statuses(doc)
+    not_passing = {k: v for k, v in seen.items() if v in (WARN, FAIL) and k not in ALLOWED_WARNINGS}
+    assert not_passing == {check_id: status}
+    reason = next(c["reason"] for c in doc["checks"] if c["id"] == check_id)  # type: ignore[union-attr]
+    assert words in reason
+    assert code == (1 if status == FAIL else 0)
+    assert left == dict.fromkeys(TYPES, 0)  # cleaned up even so
