@@ -11,8 +11,12 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import httpx
+import jwt
 import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_leuko import checkserver
 from fhir_leuko.checkserver import FAIL, PASS, SKIP, WARN, Options, Report
@@ -363,3 +367,57 @@ def test_cli_bad_usage_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     empty.mkdir()
     assert main(["check-server", "--fhir-base", BASE, "--write", "--samples", str(empty)]) == 2
     assert "--write needs the sample scenarios" in capsys.readouterr().err
+
+
+def test_cli_smart_backend_services_gets_a_token_and_asks_for_write_scopes(
+    tmp_path: Path,
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    token_url = "https://auth.example.org/token"
+    fake = FakeFhirServer(token="smart-token")
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for name in ("expectations.json", f"{PRELOADED}.json", f"{PRELOADED}.expected.json"):
+        shutil.copy(SAMPLES / name, samples)
+
+    with fake.mocked() as router:
+        token = router.post(token_url).mock(
+            return_value=httpx.Response(
+                200, json={"access_token": "smart-token", "token_type": "bearer", "expires_in": 300}
+            )
+        )
+        code = main(
+            [
+                "check-server",
+                "--fhir-base",
+                BASE,
+                "--write",
+                "--samples",
+                str(samples),
+                "--smart-token-url",
+                token_url,
+                "--smart-client-id",
+                "leuko-check",
+                "--smart-key-file",
+                str(key_file),
+                "--smart-kid",
+                "k1",
+            ]
+        )
+
+    assert code == 0
+    form = httpx.QueryParams(token.calls.last.request.content.decode())
+    assert form["scope"] == checkserver.WRITE_SCOPE
+    claims = jwt.decode(
+        form["client_assertion"], key.public_key(), algorithms=["RS384"], audience=token_url
+    )
+    assert claims["iss"] == "leuko-check"
+    assert fake.all() == []
