@@ -119,7 +119,6 @@ class Checker:
         self.rec = recorder
         self.capability: JSON = {}
         self.no_access = ""  # why data checks cannot run (401, unreachable), once known
-        self.cbc_found: list[JSON] = []
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -584,6 +583,11 @@ class Checker:
     def check_declared_writes(self) -> None:
         """Without --write, transaction and conditional create can only be read off the
         CapabilityStatement (exercised for real with --write)."""
+        if not self.capability:
+            why = "no CapabilityStatement to read it from"
+            self.skip("write.transaction", "transaction", why, group="write")
+            self.skip("write.conditional-create", "conditional create", why, group="write")
+            return
         rest = _server_rest(self.capability)
         interactions = {
             str(i.get("code")) for i in rest.get("interaction") or () if isinstance(i, dict)
@@ -637,6 +641,9 @@ class Checker:
 
     def check_subscriptions(self) -> None:
         cid, title = "subscriptions", "Subscription support"
+        if not self.capability:
+            self.skip(cid, title, "no CapabilityStatement to read it from")
+            return
         empty = Probe()
         rest = _server_rest(self.capability)
         sub = next(

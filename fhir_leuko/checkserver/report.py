@@ -40,7 +40,7 @@ def render_text(report: Report) -> str:
         ):
             same += 1
         if same > 1:
-            lines.append(_line(SKIP, f"{same} checks ({c.title}, …)", None, c.reason))
+            lines.append(_line(SKIP, f"{same} checks ({c.id}, …)", None, c.reason))
         else:
             lines.append(_line(c.status, c.title, c.ms, c.reason))
             if c.status in (FAIL, WARN) and c.request:

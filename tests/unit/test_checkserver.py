@@ -15,6 +15,7 @@ import httpx
 import jwt
 import orjson
 import pytest
+import respx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -421,3 +422,15 @@ def test_cli_smart_backend_services_gets_a_token_and_asks_for_write_scopes(
     )
     assert claims["iss"] == "leuko-check"
     assert fake.all() == []
+
+
+def test_unreachable_server_fails_the_capability_check_and_skips_the_rest() -> None:
+    slept: list[float] = []
+    with respx.mock(assert_all_mocked=True) as router:
+        router.route(url__startswith=BASE).mock(side_effect=httpx.ConnectError("refused"))
+        report = checkserver.run(Options(BASE, write=True), sleep=slept.append)
+
+    assert not_passing(report) == {"capability": FAIL}
+    assert "could not be reached" in by_id(report, "capability").reason
+    assert {c.status for c in report.checks if c.id != "capability"} == {SKIP}
+    assert report.exit_code == 1
