@@ -107,7 +107,8 @@ def run(
             if options.write and not checker.no_access:
                 run_id = f"{datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
                 report.run_tag = f"{CHECK_TAG_SYSTEM}|{run_id}"
-                writer = Writer(checker, samples_dir, evaluation_time(samples_dir), run_id)
+                checker.now = evaluation_time(samples_dir)
+                writer = Writer(checker, samples_dir, checker.now, run_id)
                 writer.load()
                 pid = options.patient or richest(writer.scenarios)
                 if pid and not options.patient:

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -37,6 +37,8 @@ from fhir_leuko.fhirio.ingest import parse_time
 _R4_PREFIX: Final = "4.0"
 _BACKPORT: Final = "http://hl7.org/fhir/uv/subscriptions-backport"
 _PAGE_SIZE_PROBE: Final = 2
+_PAGING_PAGES: Final = 5  # pages of _PAGE_SIZE_PROBE the paging check follows at most
+_SAMPLE_LIMIT: Final = 200  # results a check looks at, at most (sort, LOINC token)
 
 
 # --------------------------------------------------------------------------- what was sent
@@ -119,6 +121,8 @@ class Checker:
         self.rec = recorder
         self.capability: JSON = {}
         self.no_access = ""  # why data checks cannot run (401, unreachable), once known
+        # The evaluation time: the windows of the queries count back from it.
+        self.now = datetime.now(UTC)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -295,7 +299,8 @@ class Checker:
             self.verdict("read.patient", title, p, PASS, f"Patient/{pid}")
 
     def check_query(self, query: queries.PatientQuery, pid: str) -> list[JSON] | None:
-        """One search of the CDS prefetch, all pages; what it returned must match it."""
+        """One search of the CDS prefetch, paged as fhir-leuko pages it (until a whole page is
+        older than the query's window); every result must match the search."""
         cid, title = f"search.{query.key}", _QUERY_TITLES.get(query.key, query.key)
         rtype, params = query.search(pid)
         found: list[JSON] = []
@@ -303,7 +308,10 @@ class Checker:
             pages = 0
             for page in self.client.search_bundle_pages(rtype, params):
                 pages += 1
-                found.extend(bundle_resources(page))
+                got = bundle_resources(page)
+                found.extend(got)
+                if queries.past_window(got, queries.within_window(got, query, self.now), query):
+                    break
         if p.error is not None:
             self.error_verdict(cid, title, p)
             culprit = self._refused_parameter(rtype, params, p.error)
@@ -354,10 +362,14 @@ class Checker:
         wbc = codes.CBC_LOINC[0]
         with self.probe() as p:
             loinc = self.client.search(
-                "Observation", {"patient": pid, "code": f"{codes.LOINC}|{wbc}", "_count": 100}
+                "Observation",
+                {"patient": pid, "code": f"{codes.LOINC}|{wbc}", "_count": 100},
+                limit=_SAMPLE_LIMIT,
             )
             other = self.client.search(
-                "Observation", {"patient": pid, "code": f"{codes.SNOMED}|{wbc}", "_count": 100}
+                "Observation",
+                {"patient": pid, "code": f"{codes.SNOMED}|{wbc}", "_count": 100},
+                limit=_SAMPLE_LIMIT,
             )
         if p.error is not None:
             self.error_verdict(cid, title, p)
@@ -408,8 +420,12 @@ class Checker:
         rtype, params = queries.CBC.search(pid)
         base = [(k, v) for k, v in params if k != "_sort"]
         with self.probe() as p:
-            newest_first = self.client.search(rtype, [*base, ("_sort", "-date")])
-            oldest_first = self.client.search(rtype, [*base, ("_sort", "date")])
+            newest_first = self.client.search(
+                rtype, [*base, ("_sort", "-date")], limit=_SAMPLE_LIMIT
+            )
+            oldest_first = self.client.search(
+                rtype, [*base, ("_sort", "date")], limit=_SAMPLE_LIMIT
+            )
         if p.error is not None:
             self.error_verdict(cid, title, p)
             return
@@ -459,24 +475,37 @@ class Checker:
             )
 
     def check_paging(self, pid: str) -> None:
-        """``_count=2``: pages hold at most 2, ``next`` links lead to every result once."""
+        """``_count=2``: pages hold at most 2, and ``next`` links lead on, each result once.
+
+        At most ``_PAGING_PAGES`` pages are followed (a patient on a big server may have
+        thousands of results); when the whole search fits in them, they must hold all of it.
+        """
         cid, title = "search.paging", "_count and paging links"
         rtype, params = queries.CBC.search(pid)
         small = [(k, v) for k, v in params if k != "_count"] + [("_count", str(_PAGE_SIZE_PROBE))]
+        most = _PAGE_SIZE_PROBE * _PAGING_PAGES
         with self.probe() as p:
-            everything = self.client.search(rtype, params)
+            # The first results of the search fhir-leuko sends: the yardstick.
+            first = self.client.search(rtype, params, limit=most + 1)
             shown_at = len(self.rec.log)
             sizes: list[int] = []
             ids: list[str] = []
-            for page in self.client.search_bundle_pages(rtype, small, max_pages=500):
-                got = bundle_resources(page)
-                sizes.append(len(got))
-                ids.extend(str(r.get("id")) for r in got)
+            pages = self.client.search_bundle_pages(rtype, small, max_pages=_PAGING_PAGES + 1)
+            try:
+                for page in pages:
+                    got = bundle_resources(page)
+                    sizes.append(len(got))
+                    ids.extend(str(r.get("id")) for r in got)
+                    if len(sizes) == _PAGING_PAGES:
+                        break
+            finally:
+                pages.close()
         if p.error is not None:
             self.error_verdict(cid, title, p)
             return
         shown = self.rec.log[shown_at] if shown_at < len(self.rec.log) else p.last
-        total = len(everything)
+        total = len(first)
+        whole = f"{total}" if total <= most else f"more than {most}"
         if total <= _PAGE_SIZE_PROBE:
             self.verdict(
                 cid,
@@ -505,26 +534,30 @@ class Checker:
                 p,
                 FAIL,
                 f"no next link: the first page of _count={_PAGE_SIZE_PROBE} held {sizes[0]} of "
-                f"{total} results and the rest cannot be reached",
+                f"{whole} results and the rest cannot be reached",
                 shown=shown,
             )
-        elif len(ids) != len(set(ids)) or set(ids) != {str(r.get("id")) for r in everything}:
+        elif len(ids) != len(set(ids)) or (
+            total <= most and set(ids) != {str(r.get("id")) for r in first}
+        ):
             self.verdict(
                 cid,
                 title,
                 p,
                 FAIL,
-                f"next links gave {len(ids)} results ({len(set(ids))} distinct), "
-                f"the whole search {total}",
+                f"next links gave {len(ids)} results ({len(set(ids))} distinct) in "
+                f"{len(sizes)} pages; the search has {whole}",
                 shown=p.last,
             )
         else:
+            followed = "all" if total <= most else f"the first {len(sizes)}"
             self.verdict(
                 cid,
                 title,
                 p,
                 PASS,
-                f"{total} results over {len(sizes)} pages of {_PAGE_SIZE_PROBE}, each once",
+                f"{whole} results; {followed} pages of {_PAGE_SIZE_PROBE} followed, each result "
+                "once",
                 shown=shown,
             )
 

@@ -434,3 +434,27 @@ def test_unreachable_server_fails_the_capability_check_and_skips_the_rest() -> N
     assert "could not be reached" in by_id(report, "capability").reason
     assert {c.status for c in report.checks if c.id != "capability"} == {SKIP}
     assert report.exit_code == 1
+
+
+def test_paging_follows_a_few_pages_of_a_long_history_not_all_of_them() -> None:
+    fake = FakeFhirServer()
+    fake.add({"resourceType": "Patient", "id": "long"})
+    for day in range(1, 29):
+        fake.add(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
+                "subject": {"reference": "Patient/long"},
+                "effectiveDateTime": f"2026-02-{day:02d}T08:00:00Z",
+                "valueQuantity": {"value": 3.1, "unit": "10*3/uL"},
+            }
+        )
+
+    report, _ = check(fake, patient="long")
+
+    paging = by_id(report, "search.paging")
+    assert paging.status == PASS
+    assert "more than 10 results; the first 5 pages of 2 followed" in paging.reason
+    paged = [r for r in fake.requests if r.url.params.get("_count") == "2"]
+    assert len(paged) == 5
