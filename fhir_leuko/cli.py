@@ -1,4 +1,4 @@
-"""Command line: ``fhir-leuko evaluate | serve | config | fetch | subscribe``.
+"""Command line: ``fhir-leuko evaluate | serve | config | fetch | subscribe | check-server``.
 
 Exit codes: 0 success (also when nothing is found), 2 unreadable or non-FHIR input or bad
 configuration (one line on stderr), 3 a FHIR server failed.
@@ -119,6 +119,34 @@ def _add_fhir_commands(sub: Any) -> None:
     )
     su.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
     su.add_argument("--dry-run", action="store_true", help="print the Subscription, create nothing")
+
+    ck = sub.add_parser(
+        "check-server",
+        help="check that a FHIR server gives fhir-leuko what it needs",
+        description="Read-only checks of every search fhir-leuko sends (sort order, paging,"
+        " LOINC tokens, errors, transactions, Subscriptions), each pass/warn/fail with the"
+        " request that showed it. --write also loads the synthetic scenarios, runs fetch,"
+        " evaluate and write-back twice, compares with the expected output and deletes what"
+        " it created. Exit 0: every required check passed; 1: one failed; 2: bad usage.",
+    )
+    ck.add_argument("--fhir-base", required=True, help="FHIR R4 base URL")
+    ck.add_argument("--patient", help="Patient id to check with (default: found by a CBC search)")
+    ck.add_argument(
+        "--write", action="store_true", help="also write, evaluate and delete synthetic patients"
+    )
+    ck.add_argument("--format", choices=("text", "json", "junit"), default="text")
+    ck.add_argument("--output", help="write the report to this file instead of standard output")
+    ck.add_argument("--samples", help="scenario directory for --write (default: the bundled one)")
+    ck.add_argument("--config", help="TOML configuration file (thresholds)")
+    ck.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
+    ck.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    smart = ck.add_argument_group("SMART Backend Services (instead of --token)")
+    smart.add_argument("--smart-token-url", default="", help="the authorisation server's token URL")
+    smart.add_argument("--smart-client-id", default="")
+    smart.add_argument("--smart-key-file", default="", help="PEM private key (RS384 or ES384)")
+    smart.add_argument("--smart-kid", default="", help="key id of that key in your JWKS")
+    smart.add_argument("--smart-algorithm", choices=("RS384", "ES384"), default="RS384")
+    smart.add_argument("--smart-scope", help="scopes to ask for (default: what the checks need)")
 
 
 def _read(path: str) -> bytes:
@@ -271,6 +299,47 @@ def _subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_server(args: argparse.Namespace) -> int:
+    from fhir_leuko import checkserver
+    from fhir_leuko.config import SubscriptionEndpoint
+    from fhir_leuko.subscriptions.worker import _auth
+
+    settings = load_settings(args.config)
+    endpoint = SubscriptionEndpoint(
+        args.fhir_base,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        smart_token_url=args.smart_token_url,
+        smart_client_id=args.smart_client_id,
+        smart_key_file=args.smart_key_file,
+        smart_kid=args.smart_kid,
+        smart_algorithm=args.smart_algorithm,
+        smart_scope=args.smart_scope
+        or (checkserver.WRITE_SCOPE if args.write else SubscriptionEndpoint.smart_scope),
+    )
+    options = checkserver.Options(
+        args.fhir_base,
+        auth=_auth(endpoint),
+        patient=args.patient,
+        write=args.write,
+        samples_dir=Path(args.samples) if args.samples else None,
+        timeout=args.timeout,
+        thresholds=settings.thresholds,
+    )
+    report = checkserver.run(options)
+    if args.format == "json":
+        out = checkserver.render_json(report)
+    elif args.format == "junit":
+        out = checkserver.render_junit(report)
+    else:
+        out = checkserver.render_text(report).encode()
+    if args.output:
+        Path(args.output).write_bytes(out)
+        sys.stdout.write(checkserver.render_text(report))
+    else:
+        sys.stdout.buffer.write(out)
+    return report.exit_code
+
+
 def _config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     sys.stdout.buffer.write(orjson.dumps(settings.audit(), option=orjson.OPT_INDENT_2) + b"\n")
@@ -288,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fetch(args)
         if args.command == "subscribe":
             return _subscribe(args)
+        if args.command == "check-server":
+            return _check_server(args)
         return _config(args)
     except (InputError, ConfigError) as exc:
         print(f"fhir-leuko: error: {exc}", file=sys.stderr)

@@ -914,6 +914,13 @@ class _FhirClientCore:
         reply = yield from self._exchange(call, budget)
         return (yield from self._after_write(reply, call.label, budget))
 
+    def _delete_flow(self, resource_type: str, resource_id: str) -> _Flow[int]:
+        # DELETE is idempotent (R4 http.html#delete): resending it cannot remove anything twice.
+        url = self._url(_check_type(resource_type), _check_id(resource_id))
+        call = _Call("DELETE", url, f"DELETE {resource_type}", idempotent=True)
+        reply = yield from self._exchange(call, self._budget())
+        return reply.status
+
     def _transaction_flow(self, bundle: Mapping[str, Any]) -> _Flow[Resource]:
         if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
             raise InputError("A transaction must be a Bundle")
@@ -1089,6 +1096,10 @@ class FhirClient(_FhirClientCore):
         """POST a transaction Bundle to [base]; returns the transaction-response."""
         return self._run(self._transaction_flow(bundle))
 
+    def delete(self, resource_type: str, resource_id: str) -> int:
+        """DELETE [base]/Type/id; the 2xx status (a server may answer 200, 202 or 204)."""
+        return self._run(self._delete_flow(resource_type, resource_id))
+
     # -- driver ----------------------------------------------------------------------------
 
     def _perform(self, step: _Send | _Sleep) -> _Reply | BaseException | None:
@@ -1233,6 +1244,10 @@ class AsyncFhirClient(_FhirClientCore):
     async def transaction(self, bundle: Mapping[str, Any]) -> Resource:
         """POST a transaction Bundle to [base]; returns the transaction-response."""
         return await self._run(self._transaction_flow(bundle))
+
+    async def delete(self, resource_type: str, resource_id: str) -> int:
+        """DELETE [base]/Type/id; the 2xx status (a server may answer 200, 202 or 204)."""
+        return await self._run(self._delete_flow(resource_type, resource_id))
 
     # -- driver ----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,8 +92,12 @@ def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log_path:
 
 
 @contextmanager
-def start_fhir_server() -> Iterator[str]:
-    """Run server.mjs on a free 127.0.0.1 port; yield its FHIR base URL; stop it on exit."""
+def start_fhir_server(lacks: Sequence[str] = ()) -> Iterator[str]:
+    """Run server.mjs on a free 127.0.0.1 port; yield its FHIR base URL; stop it on exit.
+
+    ``lacks``: capabilities to switch off (server.mjs's FHIR_TEST_SERVER_LACKS), for tests
+    of what a client does with a server that lacks one.
+    """
     node = _skip_unless_installed()
     with tempfile.TemporaryDirectory(prefix="fhir-leuko-fhirserver-") as tmp:
         log_path = Path(tmp) / "server.log"
@@ -107,7 +111,11 @@ def start_fhir_server() -> Iterator[str]:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "NODE_NO_WARNINGS": "1"},
+                    env={
+                        **os.environ,
+                        "NODE_NO_WARNINGS": "1",
+                        "FHIR_TEST_SERVER_LACKS": ",".join(lacks),
+                    },
                 )
             try:
                 if _wait_until_ready(process, base_url, log_path):

@@ -15,8 +15,12 @@
 //     would let a typo pass a test as "no data"; HAPI answers 400 too)
 //   - all-or-nothing transactions (the router keeps the writes before a failing entry)
 //   - POST <base>/$reset empties the store, so tests need not restart the process
-//   - GET <base>/metadata answers a minimal CapabilityStatement (used as the readiness probe)
+//   - GET <base>/metadata answers a CapabilityStatement of what this server does (also the
+//     readiness probe)
 //   - POST <base>/<Type>/_search with a form body, as the CDS Hooks sandbox sends
+// Crippled on purpose, for tests of clients that must notice (FHIR_TEST_SERVER_LACKS, a comma
+// list): no-next-links, no-sort (_sort ignored), no-transaction (405), html-errors (4xx
+// answered with an HTML page). The CapabilityStatement does not change: servers misstate too.
 // Requests are handled one at a time: tests get deterministic ordering and the transaction
 // snapshot cannot interleave with another write.
 
@@ -39,6 +43,8 @@ const BASE_PATH = '/fhir/R4';
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const MAX_BODY_BYTES = 32 * 1024 * 1024;
 const DEFAULT_COUNT = 20; // the router's page size when _count is absent
+const LACKS = new Set((process.env.FHIR_TEST_SERVER_LACKS ?? '').split(',').filter(Boolean));
+const HTML_ERROR_PAGE = '<html><head><title>Error</title></head><body><h1>Error</h1></body></html>';
 
 // Search result parameters that are not SearchParameter resources (FHIR R4 search.html 3.1.1.5)
 // plus the common ones that are; anything else must be a SearchParameter of the type.
@@ -85,6 +91,11 @@ function readBody(req) {
 }
 
 function send(res, status, body, extraHeaders = {}) {
+  if (LACKS.has('html-errors') && status >= 400 && status < 500) {
+    res.writeHead(status, { 'Content-Type': 'text/html; charset=utf-8' });
+    res.end(HTML_ERROR_PAGE);
+    return;
+  }
   const payload = body === undefined ? '' : JSON.stringify(body);
   res.writeHead(status, {
     'Content-Type': FHIR_JSON,
@@ -136,7 +147,7 @@ function decorateSearchset(bundle, origin, relPath, searchParams) {
   const hasMore =
     count > 0 &&
     (typeof bundle.total === 'number' ? offset + count < bundle.total : matches >= count);
-  if (hasMore) {
+  if (hasMore && !LACKS.has('no-next-links')) {
     const next = new URLSearchParams(searchParams);
     next.set('_offset', String(offset + count));
     if (!next.has('_count')) {
@@ -153,7 +164,16 @@ function decorateSearchset(bundle, origin, relPath, searchParams) {
   return bundle;
 }
 
+// What the shell and the router really do, so a client reading the CapabilityStatement (as
+// fhir-leuko check-server does) sees the truth: transactions, conditional create, searches.
+// No Subscription: nothing here sends notifications.
+const CAPABILITY_TYPES = [
+  'Patient', 'Observation', 'DiagnosticReport', 'Specimen', 'MedicationRequest',
+  'MedicationStatement', 'Medication', 'Condition', 'ServiceRequest', 'RiskAssessment',
+];
+
 function capabilityStatement() {
+  const interaction = ['read', 'vread', 'update', 'create', 'search-type', 'delete'].map((code) => ({ code }));
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -162,7 +182,22 @@ function capabilityStatement() {
     software: { name: 'fhir-leuko test server (@medplum/fhir-router, in memory)' },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
-    rest: [{ mode: 'server' }],
+    rest: [
+      {
+        mode: 'server',
+        interaction: [{ code: 'transaction' }, { code: 'batch' }],
+        resource: CAPABILITY_TYPES.map((type) => ({
+          type,
+          interaction,
+          conditionalCreate: true,
+          searchParam: [
+            { name: '_id', type: 'token' },
+            { name: '_lastUpdated', type: 'date' },
+            { name: '_tag', type: 'token' },
+          ],
+        })),
+      },
+    ],
   };
 }
 
@@ -193,6 +228,10 @@ function createHandler(router, repo) {
     if (method === 'POST' && relPath === '$reset') {
       repo.clear();
       send(res, 200, { ...allOk });
+      return;
+    }
+    if (LACKS.has('no-transaction') && method === 'POST' && relPath === '') {
+      send(res, 405, outcomeFor('not-supported', 'Transactions are not supported'));
       return;
     }
     if (method === 'GET' && relPath === 'metadata') {
@@ -234,6 +273,9 @@ function createHandler(router, repo) {
       }
     }
 
+    if (LACKS.has('no-sort')) {
+      searchParams.delete('_sort');
+    }
     const query = {};
     for (const key of new Set(searchParams.keys())) {
       const values = searchParams.getAll(key);

@@ -584,6 +584,27 @@ def test_transaction_of_conditional_creates_is_retried_after_a_502(
     assert route.call_count == 2
 
 
+def test_delete_is_retried_after_a_503_and_reports_the_status(
+    mock: respx.MockRouter, hapi: FhirClient
+) -> None:
+    route = mock.delete(f"{HAPI}/RiskAssessment/5793302").mock(
+        side_effect=[httpx.Response(503), httpx.Response(204)]
+    )
+
+    assert hapi.delete("RiskAssessment", "5793302") == 204
+    assert route.call_count == 2
+
+
+def test_delete_refused_by_the_server_is_fatal(mock: respx.MockRouter, hapi: FhirClient) -> None:
+    mock.delete(f"{HAPI}/Patient/5793201").mock(
+        return_value=httpx.Response(405, json={"resourceType": "OperationOutcome", "issue": []})
+    )
+
+    with pytest.raises(FatalFhirServerError) as err:
+        hapi.delete("Patient", "5793201")
+    assert err.value.status == 405
+
+
 def test_conditional_create_sends_if_none_exist(mock: respx.MockRouter, hapi: FhirClient) -> None:
     route = mock.post(f"{HAPI}/RiskAssessment").mock(
         return_value=fhir(201, "hapi_r4_riskassessment_created.json")
