@@ -75,6 +75,9 @@ PATIENT = PrefetchQuery(
     queries.PATIENT, "the patient's age and sex (adult limits were used)", required=True
 )
 CBC = PrefetchQuery(queries.CBC, "CBC results", required=True)
+LAB_REPORTS = PrefetchQuery(
+    queries.LAB_REPORTS, "lab reports (CBC results timed only by their report were not read)"
+)
 TEMPERATURES = PrefetchQuery(queries.TEMPERATURES, "body temperatures (fever was not assessed)")
 VITAMIN_LEVELS = PrefetchQuery(
     queries.VITAMIN_LEVELS,
@@ -102,9 +105,19 @@ PATIENT_VIEW = ServiceDefinition(
     ),
     usage_requirements=(
         "Needs the Patient and the CBC Observations, by prefetch or by FHIR read access to "
-        "fhirServer (Patient, Observation, MedicationRequest, Condition, ServiceRequest)."
+        "fhirServer (Patient, Observation, DiagnosticReport, MedicationRequest, Condition, "
+        "ServiceRequest)."
     ),
-    prefetch=(PATIENT, CBC, TEMPERATURES, VITAMIN_LEVELS, MEDICATIONS, CONDITIONS, OPEN_ORDERS),
+    prefetch=(
+        PATIENT,
+        CBC,
+        LAB_REPORTS,
+        TEMPERATURES,
+        VITAMIN_LEVELS,
+        MEDICATIONS,
+        CONDITIONS,
+        OPEN_ORDERS,
+    ),
 )
 
 MEDICATION_CHECK = ServiceDefinition(
@@ -117,9 +130,9 @@ MEDICATION_CHECK = ServiceDefinition(
     ),
     usage_requirements=(
         "Needs the Patient and the CBC Observations, by prefetch or by FHIR read access to "
-        "fhirServer (Patient, Observation)."
+        "fhirServer (Patient, Observation, DiagnosticReport)."
     ),
-    prefetch=(PATIENT, CBC, TEMPERATURES),
+    prefetch=(PATIENT, CBC, LAB_REPORTS, TEMPERATURES),
 )
 
 SERVICES: Mapping[str, ServiceDefinition] = {s.id: s for s in (PATIENT_VIEW, MEDICATION_CHECK)}

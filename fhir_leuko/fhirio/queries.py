@@ -101,6 +101,15 @@ CBC = PatientQuery(
     "Bundle",
     CBC_WINDOW,
 )
+#: The lab reports that list the CBC results: an Observation may carry no time of its own and
+#: take it from its report (the FHIR specification's own CBC example; decision table 1.4), or
+#: be contained in it. Not filtered by code: vendors name CBC panels with local codes.
+LAB_REPORTS = PatientQuery(
+    "labReports",
+    f"DiagnosticReport?patient={PATIENT_TOKEN}&_sort=-date&_count=50",
+    "Bundle",
+    CBC_WINDOW,
+)
 TEMPERATURES = PatientQuery(
     "temperatures",
     f"Observation?patient={PATIENT_TOKEN}&code={any_code(codes.LOINC, codes.TEMPERATURE_LOINC)}"
@@ -132,6 +141,7 @@ OPEN_ORDERS = PatientQuery(
 PATIENT_DATA: tuple[PatientQuery, ...] = (
     PATIENT,
     CBC,
+    LAB_REPORTS,
     TEMPERATURES,
     VITAMIN_LEVELS,
     MEDICATIONS,
@@ -159,7 +169,7 @@ def within_window(resources: Sequence[JSON], query: PatientQuery, now: datetime)
     cutoff = now - query.window
     kept: list[JSON] = []
     for r in resources:
-        if r.get("resourceType") == "Observation":
+        if r.get("resourceType") in ("Observation", "DiagnosticReport"):
             when = _effective(r)
             if when is not None and when < cutoff:
                 continue

@@ -150,7 +150,12 @@ def test_server_refusing_sort_fails_each_search_that_sends_it_and_says_so() -> N
 
     report, _ = check(fake, patient=pid)
 
-    sorted_searches = {"search.cbc", "search.temperatures", "search.vitaminLevels"}
+    sorted_searches = {
+        "search.cbc",
+        "search.labReports",
+        "search.temperatures",
+        "search.vitaminLevels",
+    }
     assert not_passing(report) == dict.fromkeys(
         sorted_searches | {"search.sort", "search.paging"}, FAIL
     )

@@ -80,7 +80,13 @@ def serve_everything_else(fhir: respx.MockRouter) -> None:
     replacements for the other searches.
     """
     fhir.get("/Patient/p1").respond(json=patient())
-    for kind in ("Observation", "MedicationRequest", "Condition", "ServiceRequest"):
+    for kind in (
+        "Observation",
+        "DiagnosticReport",
+        "MedicationRequest",
+        "Condition",
+        "ServiceRequest",
+    ):
         fhir.get(f"/{kind}").respond(json=EMPTY)
 
 
@@ -130,7 +136,14 @@ def test_everything_fetched_with_the_bearer_token(
     assert r.json()["cards"][0]["indicator"] == "critical"
     assert {c.request.headers["Authorization"] for c in fhir.calls} == {f"Bearer {TOKEN}"}
     paths = {c.request.url.path.rsplit("/", 1)[-1] for c in fhir.calls}
-    assert paths == {"p1", "Observation", "MedicationRequest", "Condition", "ServiceRequest"}
+    assert paths == {
+        "p1",
+        "Observation",
+        "DiagnosticReport",
+        "MedicationRequest",
+        "Condition",
+        "ServiceRequest",
+    }
 
 
 def test_only_missing_keys_are_fetched(app_client: TestClient, fhir: respx.MockRouter) -> None:
@@ -140,6 +153,7 @@ def test_only_missing_keys_are_fetched(app_client: TestClient, fhir: respx.MockR
         json=request(
             patient=patient(),
             cbc=searchset(cbc(2.0, 1.2)),
+            labReports=None,
             temperatures=None,
             vitaminLevels=None,
             conditions=None,
@@ -164,6 +178,7 @@ def test_operation_outcome_in_prefetch_is_fetched_instead(
         json=request(
             patient=patient(),
             cbc=outcome,
+            labReports=None,
             temperatures=None,
             vitaminLevels=None,
             medications=None,
@@ -214,6 +229,7 @@ def test_prefetch_next_link_is_followed_on_fhir_server(
         json=request(
             patient=patient(),
             cbc=first,
+            labReports=None,
             temperatures=None,
             vitaminLevels=None,
             medications=None,
@@ -233,6 +249,7 @@ def test_prefetch_next_link_elsewhere_is_not_followed_and_said(app_client: TestC
             json=request(
                 patient=patient(),
                 cbc=first,
+                labReports=None,
                 temperatures=None,
                 vitaminLevels=None,
                 medications=None,
@@ -280,7 +297,13 @@ def test_401_on_an_optional_key_still_gives_cards_that_say_so(
 
 def test_404_patient_is_412(app_client: TestClient, fhir: respx.MockRouter) -> None:
     fhir.get("/Patient/p1").respond(404)
-    for kind in ("Observation", "MedicationRequest", "Condition", "ServiceRequest"):
+    for kind in (
+        "Observation",
+        "DiagnosticReport",
+        "MedicationRequest",
+        "Condition",
+        "ServiceRequest",
+    ):
         fhir.get(f"/{kind}").respond(json=EMPTY)
     r = app_client.post(PV, json=request())
     assert r.status_code == 412
@@ -382,6 +405,7 @@ def test_cbc_older_than_24_months_is_not_used(app_client: TestClient) -> None:
         json=request(
             patient=patient(),
             cbc=searchset(cbc(1.0, 0.2, when=at(760))),
+            labReports=None,
             temperatures=None,
             vitaminLevels=None,
             medications=None,
@@ -399,6 +423,7 @@ def test_cbc_of_20_months_ago_is_still_read(app_client: TestClient) -> None:
         json=request(
             patient=patient(),
             cbc=searchset(cbc(1.0, 0.2, when=at(600))),
+            labReports=None,
             temperatures=None,
             vitaminLevels=None,
             medications=None,

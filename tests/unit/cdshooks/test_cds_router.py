@@ -223,6 +223,7 @@ def test_spec_example_request_is_accepted_and_fetches_what_it_lacks(tmp_path: Pa
         )
         empty = {"resourceType": "Bundle", "type": "searchset", "total": 0}
         fhir.get("/Observation").respond(json=empty)
+        fhir.get("/DiagnosticReport").respond(json=empty)
         fhir.get("/MedicationRequest").respond(json=empty)
         fhir.get("/Condition").respond(json=empty)
         fhir.get("/ServiceRequest").respond(json=empty)
@@ -297,7 +298,7 @@ def test_sandbox_patient_view_fetches_from_an_open_server(tmp_path: Path) -> Non
             "/Observation", params={"code": services.CBC.template.split("code=")[1].split("&")[0]}
         ).respond(json=labs)
         fhir.get("/Observation").respond(json=searchset)
-        for kind in ("MedicationRequest", "Condition", "ServiceRequest"):
+        for kind in ("DiagnosticReport", "MedicationRequest", "Condition", "ServiceRequest"):
             fhir.get(f"/{kind}").respond(json=searchset)
         r = c.post(PV, json=fixture("sandbox-patient-view.json"))
         assert r.status_code == 200, r.text

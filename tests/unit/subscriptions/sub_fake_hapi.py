@@ -95,7 +95,13 @@ class FakeHapi:
         )
         self.other_searches = {
             rtype: router.get(f"{BASE}/{rtype}").mock(side_effect=self._search_stored)
-            for rtype in ("MedicationRequest", "Condition", "ServiceRequest", "RiskAssessment")
+            for rtype in (
+                "MedicationRequest",
+                "Condition",
+                "ServiceRequest",
+                "RiskAssessment",
+                "DiagnosticReport",
+            )
         }
         self.transaction = router.post(f"{BASE}").mock(side_effect=self._transaction)
 

@@ -278,7 +278,8 @@ def test_fetch_reads_a_smart_sandbox_patient(
     )
 
     bundle = orjson.loads(capsys.readouterr().out)
-    assert code == 0 and cbc.call_count == 1 and others.call_count == 5
+    # lab reports, temperatures, B12/folate, medications, conditions, open orders
+    assert code == 0 and cbc.call_count == 1 and others.call_count == 6
     ra = bundle["entry"][0]["resource"]
     assert ra["resourceType"] == "RiskAssessment"
     assert ra["subject"] == {"reference": "Patient/smart-7777701"}
