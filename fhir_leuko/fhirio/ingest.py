@@ -74,9 +74,9 @@ _SUBJECT_TYPES = frozenset(
 )
 
 _NAME_RE = re.compile(
-    r"(?<![\w-])("
+    r"\b("
     + "|".join(re.escape(n) for n in sorted(codes.HIGH_RISK_NAMES, key=len, reverse=True))
-    + r")(?![\w-])"
+    + r")\b"
 )
 
 

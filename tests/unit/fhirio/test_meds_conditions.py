@@ -146,6 +146,20 @@ def test_not_high_risk(text: str) -> None:
     assert labs(med(text)).medications == ()
 
 
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("sulfamethoxazole-trimethoprim 800-160 mg", "sulfamethoxazole/trimethoprim"),
+        ("nab-paclitaxel 125 mg/m2", "nab-paclitaxel"),
+        ("5-fluorouracil bolus", "fluorouracil"),
+        ("Olanzapine 10 MG Oral Tablet", "olanzapine"),
+    ],
+)
+def test_names_with_hyphens_and_case(text: str, name: str) -> None:
+    (m,) = labs(med(text)).medications
+    assert m.name == name
+
+
 def test_low_dose_methotrexate_is_high_risk_but_not_chemotherapy_context() -> None:
     (m,) = labs(med("methotrexate 15 mg weekly", "6851")).medications
     assert m.name == "methotrexate" and not m.antineoplastic and "RxNorm" in m.matched_by
