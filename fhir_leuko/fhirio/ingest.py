@@ -185,6 +185,11 @@ _PREGNANCY_NOT = _words_re(
         "prevention",
         "contraception",
         "possible",
+        "possibly",
+        "suspected",
+        "query",
+        "rule out",
+        "r/o",
         "unknown",
     )
 )
@@ -1367,6 +1372,8 @@ class _Reader:
         coded = [(c.get("system"), c["code"]) for c in codings if isinstance(c.get("code"), str)]
         kinds: list[tuple[str, str, str]] = []  # (kind, display, how)
         for kind, (snomed, icd, _) in codes.CONDITION_MATCHERS.items():
+            if kind == "hypersplenism" and verification in UNCERTAIN_VERIFICATION:
+                continue  # it would explain the count away: only a recorded diagnosis does
             how = _coded_match(coded, snomed, icd)
             if how is None:
                 how = self._condition_words(kind, text)
@@ -1384,11 +1391,14 @@ class _Reader:
                     how = f"'{word}' in the condition text"
             if how is not None:
                 kinds.append(("red-flag", flag, how))
-        how = _coded_match(coded, codes.PREGNANCY_SNOMED, codes.PREGNANCY_ICD10)
-        if how is None:
-            word = _find_affirmed(_PREGNANCY_WORDS, text, past=True, extra=_PREGNANCY_NOT)
-            if word is not None:
-                how = f"'{word}' in the condition text"
+        # Pregnancy lowers the anaemia limit (WHO 2011): it must be a fact, not a question.
+        how = None
+        if verification not in UNCERTAIN_VERIFICATION and "?" not in text:
+            how = _coded_match(coded, codes.PREGNANCY_SNOMED, codes.PREGNANCY_ICD10)
+            if how is None:
+                word = _find_affirmed(_PREGNANCY_WORDS, text, past=True, extra=_PREGNANCY_NOT)
+                if word is not None:
+                    how = f"'{word}' in the condition text"
         if how is not None:
             kinds.append(("pregnancy", codes.CONDITION_DISPLAY["pregnancy"], how))
         for kind, display, how in kinds:

@@ -258,6 +258,12 @@ def test_a_recorded_hypersplenism_explains_the_count(text: str) -> None:
     assert ("red-flag", "splenomegaly") not in got
 
 
+def test_a_provisional_hypersplenism_does_not_explain_the_count() -> None:
+    c = condition("Hypersplenism with splenomegaly")
+    c["verificationStatus"] = {"coding": [{"code": "differential"}]}
+    assert kinds(labs(c)) == {("red-flag", "splenomegaly")}
+
+
 # --- chemotherapy context -------------------------------------------------------------------------
 
 
@@ -312,6 +318,18 @@ def test_a_coded_pregnancy() -> None:
 )
 def test_negated_or_past_pregnancy_is_not(text: str) -> None:
     assert "pregnancy" not in {c.kind for c in labs(condition(text)).conditions}
+
+
+@pytest.mark.parametrize("text", ["Possible pregnancy", "? pregnant", "Rule out pregnancy"])
+def test_an_uncertain_pregnancy_is_not(text: str) -> None:
+    # pregnancy lowers the anaemia limit: a question must not lower it
+    assert "pregnancy" not in {c.kind for c in labs(condition(text)).conditions}
+
+
+def test_an_unconfirmed_pregnancy_is_not() -> None:
+    c = condition("Pregnancy", (SNOMED, "77386006"))
+    c["verificationStatus"] = {"coding": [{"code": "provisional"}]}
+    assert labs(c).conditions == ()
 
 
 def test_a_resolved_pregnancy_is_not() -> None:
