@@ -246,6 +246,10 @@ _DUFFY_DOUBT = re.compile(
     r"vs|versus|or|if|anti|antibody|antibodies|denies|denied|excluded|negative for|"
     r"family history|fh)\b"
 )
+#: One antigen named by an Observation's code ("Fy a Ag [Presence] on Red Blood Cells", "Fy(b)").
+_FY_ANTIGEN = re.compile(r"\bfy\s*\(?\s*([ab])\s*\)?(?![a-z])|\bduffy\s*\(?([ab])\)?(?![a-z])")
+_SIGN_NEGATIVE = frozenset({"negative", "neg", "not detected", "absent", "-", "0"})
+_SIGN_POSITIVE = frozenset({"positive", "pos", "detected", "present", "+", "1+", "2+", "3+", "4+"})
 _FY_MENTION = re.compile(r"\bfy\s*\(|\bfy\s*[ab]\b")
 _DUFFY_NULL_NEGATIVE = re.compile(r"\b(negative|neg|absent|not detected|false|n)\b")
 
@@ -422,6 +426,7 @@ class _Owned:
         "pregnancy",
         "reports",
         "results",
+        "antigens",
     )
 
     def __init__(self) -> None:
@@ -434,6 +439,8 @@ class _Owned:
         self.deferred: list[JSON] = []  # Observations without an effective time
         self.pregnancy: list[tuple[datetime, bool, str, str]] = []
         self.counts: dict[str, int] = {}  # resources read, by type (for the left-out report)
+        # Duffy antigen typings, one antigen each: (time, 'a' or 'b', '+' or '-', ref)
+        self.antigens: list[tuple[datetime | None, str, str, str]] = []
 
 
 def _ingest(got: _Collected, patient_id: str | None, thresholds: Thresholds) -> PatientLabs:
@@ -502,6 +509,7 @@ def _ingest(got: _Collected, patient_id: str | None, thresholds: Thresholds) -> 
         conditions += o.conditions
         orders += o.orders
     conditions += _pregnancy_status(kept, results)
+    conditions += _duffy_from_antigens(kept, conditions)
     return PatientLabs(
         patient_id=pid,
         birth_date=birth,
@@ -541,6 +549,36 @@ def _the_patient(
     if base is not None:
         got.bases.add(base)  # one patient, on one server the input does not name otherwise
     return pid
+
+
+def _duffy_from_antigens(
+    kept: list[_Owned], conditions: list[ClinicalCondition]
+) -> list[ClinicalCondition]:
+    """Duffy-null from separate antigen typings: the latest Fya and the latest Fyb both
+    negative. Any other combination (one positive, one missing) is not Duffy-null."""
+    if any(c.kind == "duffy-null" for c in conditions):
+        return []
+    latest: dict[str, tuple[datetime, str, str]] = {}
+    oldest = datetime.min.replace(tzinfo=UTC)
+    for o in kept:
+        for when, antigen, sign, ref in o.antigens:
+            t = when or oldest
+            # the latest typing wins; at the same time a positive one (when in doubt: not null)
+            if antigen not in latest or (t, sign == "+") > (
+                latest[antigen][0],
+                latest[antigen][1] == "+",
+            ):
+                latest[antigen] = (t, sign, ref)
+    if set(latest) != {"a", "b"} or any(sign != "-" for _, sign, _ in latest.values()):
+        return []
+    return [
+        ClinicalCondition(
+            "duffy-null",
+            "Duffy-null phenotype (Fy(a-b-))",
+            latest["a"][2],
+            f"Observations {latest['a'][2]} (Fya negative) and {latest['b'][2]} (Fyb negative)",
+        )
+    ]
 
 
 def _pregnancy_status(kept: list[_Owned], results: list[Result]) -> list[ClinicalCondition]:
@@ -1206,17 +1244,18 @@ class _Reader:
     def _duffy_observation(self, obs: JSON, code: JSON, ref: str | None) -> None:
         if obs.get("status") not in ("final", "amended", "corrected"):
             return  # a preliminary phenotype is "to be confirmed": not a fact
-        parts = _texts(code)
+        values: list[str] = []
         vs = obs.get("valueString")
         if isinstance(vs, str):
-            parts.append(vs)
+            values.append(vs)
         vcc = obs.get("valueCodeableConcept")
         if isinstance(vcc, dict):
-            parts += _texts(vcc)
+            values += _texts(vcc)
         vb = obs.get("valueBoolean")
         if isinstance(vb, bool):
-            parts.append("yes" if vb else "no")
-        text = "; ".join(parts)
+            values.append("yes" if vb else "no")
+        named = " ".join(_texts(code))
+        text = f"{named}: {' '.join(values)}"
         if duffy_null_stated(text):
             self.cur.conditions.append(
                 ClinicalCondition(
@@ -1226,6 +1265,18 @@ class _Reader:
                     f"Observation '{_shown_raw(text)}'",
                 )
             )
+            return
+        # A typing of one antigen (blood banks report Fya and Fyb separately): kept, and
+        # combined once every Observation is read.
+        code_t = " ".join(named.translate(_MINUS_SIGNS).lower().split())
+        antigens = {m.group(1) or m.group(2) for m in _FY_ANTIGEN.finditer(code_t)}
+        if len(antigens) != 1 or _DUFFY_DOUBT.search(code_t) or len(values) != 1:
+            return
+        value = " ".join(values[0].translate(_MINUS_SIGNS).lower().split())
+        sign = "-" if value in _SIGN_NEGATIVE else "+" if value in _SIGN_POSITIVE else None
+        if sign is not None:
+            when = _effective(obs) or parse_time(obs.get("issued"))
+            self.cur.antigens.append((when, antigens.pop(), sign, ref or _ref_of(obs)))
 
     def _pregnancy_observation(self, obs: JSON, ref: str | None) -> None:
         if obs.get("status") not in USED_STATUSES:
