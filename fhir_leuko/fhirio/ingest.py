@@ -777,8 +777,12 @@ class _Reader:
             o = self._last_owned
         else:
             key = subject
-            if key is not None and key.startswith("urn:") and key not in self.aliases:
-                key = None  # a Bundle-local reference to nothing in the input: unverifiable
+            if key is not None and (
+                (key.startswith("urn:") and key not in self.aliases) or "?" in key
+            ):
+                # a Bundle-local reference to nothing in the input, or a conditional one
+                # ('Patient?identifier=...'): unverifiable, like no subject at all
+                key = None
             o = self._owned(key)
             self._last_subject, self._last_owned = subject, o
         rt = res.get("resourceType")
