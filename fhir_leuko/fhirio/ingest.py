@@ -195,12 +195,22 @@ _PREGNANCY_NOT = _words_re(
 )
 
 
-def _clauses(text: str) -> list[str]:
-    return [c.strip() for c in _CLAUSE_RE.split(text) if c.strip()]
+#: A negation's scope ends after the term at these (parentheses do not end it:
+#: "Lymphadenopathy (ruled out)").
+_CLAUSE_END = re.compile(r"[.,;\n]|\bbut\b|\bhowever\b")
+
+
+def _scopes(text: str, m: re.Match[str]) -> tuple[str, str]:
+    """The words before the term in its clause, and after it up to the clause's end."""
+    start = 0
+    for b in _CLAUSE_RE.finditer(text, 0, m.start()):
+        start = b.end()
+    e = _CLAUSE_END.search(text, m.end())
+    return text[start : m.start()], text[m.end() : e.start() if e else len(text)]
 
 
 def _affirmed(
-    clause: str,
+    text: str,
     m: re.Match[str],
     *,
     past: bool = False,
@@ -208,7 +218,7 @@ def _affirmed(
     extra: re.Pattern[str] | None = None,
 ) -> bool:
     """The term matched at ``m`` is stated as present in its clause (not negated, ...)."""
-    before, after = clause[: m.start()], clause[m.end() :]
+    before, after = _scopes(text, m)
     if _NEGATED_BEFORE.search(before) or _NEGATED_AFTER.search(after):
         return False
     if past and (_PAST_BEFORE.search(before) or _PAST_AFTER.search(after)):
@@ -220,10 +230,9 @@ def _affirmed(
 
 def _find_affirmed(pattern: re.Pattern[str], text: str, **how: Any) -> str | None:
     """The first occurrence of ``pattern`` in ``text`` stated as present, else None."""
-    for clause in _clauses(text):
-        for m in pattern.finditer(clause):
-            if _affirmed(clause, m, **how):
-                return m.group(0)
+    for m in pattern.finditer(text):
+        if _affirmed(text, m, **how):
+            return m.group(0)
     return None
 
 
@@ -1562,11 +1571,7 @@ _CYCLE_RE = re.compile(r"\b(cycle\s*\d+|c\d+\s*d\d+)\b")
 
 def _chemo_cycle(text: str) -> str | None:
     """'cycle 3 of FOLFOX', 'C2D1 R-CHOP': a chemotherapy cycle, stated as current."""
-    for clause in _clauses(text):
-        for m in _CYCLE_RE.finditer(clause):
-            if _affirmed(clause, m, past=True, future=True):
-                return m.group(0)
-    return None
+    return _find_affirmed(_CYCLE_RE, text, past=True, future=True)
 
 
 def match_medication(concept: JSON) -> tuple[str, str] | None:

@@ -187,6 +187,18 @@ def test_red_flag_words(text: str, flag: str) -> None:
     assert ("red-flag", flag) in kinds(labs(condition(text)))
 
 
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [
+        ("No fever, splenomegaly on examination", "splenomegaly"),
+        ("Weight loss, lymphadenopathy resolved", "weight loss"),
+        ("Denies bleeding but has lymphadenopathy", "lymphadenopathy"),
+    ],
+)
+def test_negation_stays_in_its_clause(text: str, flag: str) -> None:
+    assert ("red-flag", flag) in kinds(labs(condition(text)))
+
+
 def test_hepatosplenomegaly_is_both() -> None:
     got = kinds(labs(condition("Hepatosplenomegaly")))
     assert {("red-flag", "splenomegaly"), ("red-flag", "hepatomegaly")} <= got
@@ -220,6 +232,8 @@ def test_red_flag_snomed_codes(code: str, flag: str) -> None:
         "Family history of bleeding disorder",
         "Intentional weight loss",
         "Weight loss surgery",
+        "Lymphadenopathy (ruled out)",
+        "Splenomegaly: resolved",
     ],
 )
 def test_negated_text_is_not_a_red_flag(text: str) -> None:
