@@ -1343,6 +1343,8 @@ class _Reader:
         self.own(obs, None if _subject_of(obs) is not None else report)
         ref = f"{rid}{target}"
         if when is None and _effective(obs) is None:
+            if _analyte_of(obs) is None:
+                return  # not a result we read (a haematocrit, an MCH): nothing to say
             self.issue(
                 "no-effective-time",
                 f"{ref} and its DiagnosticReport have no usable effective time: not used",
