@@ -74,9 +74,9 @@ _SUBJECT_TYPES = frozenset(
 )
 
 _NAME_RE = re.compile(
-    r"(?<![\w-])("
+    r"\b("
     + "|".join(re.escape(n) for n in sorted(codes.HIGH_RISK_NAMES, key=len, reverse=True))
-    + r")(?![\w-])"
+    + r")\b"
 )
 
 
@@ -185,17 +185,32 @@ _PREGNANCY_NOT = _words_re(
         "prevention",
         "contraception",
         "possible",
+        "possibly",
+        "suspected",
+        "query",
+        "rule out",
+        "r/o",
         "unknown",
     )
 )
 
 
-def _clauses(text: str) -> list[str]:
-    return [c.strip() for c in _CLAUSE_RE.split(text) if c.strip()]
+#: A negation's scope ends after the term at these (parentheses do not end it:
+#: "Lymphadenopathy (ruled out)").
+_CLAUSE_END = re.compile(r"[.,;\n]|\bbut\b|\bhowever\b")
+
+
+def _scopes(text: str, m: re.Match[str]) -> tuple[str, str]:
+    """The words before the term in its clause, and after it up to the clause's end."""
+    start = 0
+    for b in _CLAUSE_RE.finditer(text, 0, m.start()):
+        start = b.end()
+    e = _CLAUSE_END.search(text, m.end())
+    return text[start : m.start()], text[m.end() : e.start() if e else len(text)]
 
 
 def _affirmed(
-    clause: str,
+    text: str,
     m: re.Match[str],
     *,
     past: bool = False,
@@ -203,7 +218,7 @@ def _affirmed(
     extra: re.Pattern[str] | None = None,
 ) -> bool:
     """The term matched at ``m`` is stated as present in its clause (not negated, ...)."""
-    before, after = clause[: m.start()], clause[m.end() :]
+    before, after = _scopes(text, m)
     if _NEGATED_BEFORE.search(before) or _NEGATED_AFTER.search(after):
         return False
     if past and (_PAST_BEFORE.search(before) or _PAST_AFTER.search(after)):
@@ -215,10 +230,9 @@ def _affirmed(
 
 def _find_affirmed(pattern: re.Pattern[str], text: str, **how: Any) -> str | None:
     """The first occurrence of ``pattern`` in ``text`` stated as present, else None."""
-    for clause in _clauses(text):
-        for m in pattern.finditer(clause):
-            if _affirmed(clause, m, **how):
-                return m.group(0)
+    for m in pattern.finditer(text):
+        if _affirmed(text, m, **how):
+            return m.group(0)
     return None
 
 
@@ -241,6 +255,10 @@ _DUFFY_DOUBT = re.compile(
     r"vs|versus|or|if|anti|antibody|antibodies|denies|denied|excluded|negative for|"
     r"family history|fh)\b"
 )
+#: One antigen named by an Observation's code ("Fy a Ag [Presence] on Red Blood Cells", "Fy(b)").
+_FY_ANTIGEN = re.compile(r"\bfy\s*\(?\s*([ab])\s*\)?(?![a-z])|\bduffy\s*\(?([ab])\)?(?![a-z])")
+_SIGN_NEGATIVE = frozenset({"negative", "neg", "not detected", "absent", "-", "0"})
+_SIGN_POSITIVE = frozenset({"positive", "pos", "detected", "present", "+", "1+", "2+", "3+", "4+"})
 _FY_MENTION = re.compile(r"\bfy\s*\(|\bfy\s*[ab]\b")
 _DUFFY_NULL_NEGATIVE = re.compile(r"\b(negative|neg|absent|not detected|false|n)\b")
 
@@ -417,6 +435,7 @@ class _Owned:
         "pregnancy",
         "reports",
         "results",
+        "antigens",
     )
 
     def __init__(self) -> None:
@@ -429,6 +448,8 @@ class _Owned:
         self.deferred: list[JSON] = []  # Observations without an effective time
         self.pregnancy: list[tuple[datetime, bool, str, str]] = []
         self.counts: dict[str, int] = {}  # resources read, by type (for the left-out report)
+        # Duffy antigen typings, one antigen each: (time, 'a' or 'b', '+' or '-', ref)
+        self.antigens: list[tuple[datetime | None, str, str, str]] = []
 
 
 def _ingest(got: _Collected, patient_id: str | None, thresholds: Thresholds) -> PatientLabs:
@@ -497,6 +518,7 @@ def _ingest(got: _Collected, patient_id: str | None, thresholds: Thresholds) -> 
         conditions += o.conditions
         orders += o.orders
     conditions += _pregnancy_status(kept, results)
+    conditions += _duffy_from_antigens(kept, conditions)
     return PatientLabs(
         patient_id=pid,
         birth_date=birth,
@@ -536,6 +558,36 @@ def _the_patient(
     if base is not None:
         got.bases.add(base)  # one patient, on one server the input does not name otherwise
     return pid
+
+
+def _duffy_from_antigens(
+    kept: list[_Owned], conditions: list[ClinicalCondition]
+) -> list[ClinicalCondition]:
+    """Duffy-null from separate antigen typings: the latest Fya and the latest Fyb both
+    negative. Any other combination (one positive, one missing) is not Duffy-null."""
+    if any(c.kind == "duffy-null" for c in conditions):
+        return []
+    latest: dict[str, tuple[datetime, str, str]] = {}
+    oldest = datetime.min.replace(tzinfo=UTC)
+    for o in kept:
+        for when, antigen, sign, ref in o.antigens:
+            t = when or oldest
+            # the latest typing wins; at the same time a positive one (when in doubt: not null)
+            if antigen not in latest or (t, sign == "+") > (
+                latest[antigen][0],
+                latest[antigen][1] == "+",
+            ):
+                latest[antigen] = (t, sign, ref)
+    if set(latest) != {"a", "b"} or any(sign != "-" for _, sign, _ in latest.values()):
+        return []
+    return [
+        ClinicalCondition(
+            "duffy-null",
+            "Duffy-null phenotype (Fy(a-b-))",
+            latest["a"][2],
+            f"Observations {latest['a'][2]} (Fya negative) and {latest['b'][2]} (Fyb negative)",
+        )
+    ]
 
 
 def _pregnancy_status(kept: list[_Owned], results: list[Result]) -> list[ClinicalCondition]:
@@ -734,8 +786,12 @@ class _Reader:
             o = self._last_owned
         else:
             key = subject
-            if key is not None and key.startswith("urn:") and key not in self.aliases:
-                key = None  # a Bundle-local reference to nothing in the input: unverifiable
+            if key is not None and (
+                (key.startswith("urn:") and key not in self.aliases) or "?" in key
+            ):
+                # a Bundle-local reference to nothing in the input, or a conditional one
+                # ('Patient?identifier=...'): unverifiable, like no subject at all
+                key = None
             o = self._owned(key)
             self._last_subject, self._last_owned = subject, o
         rt = res.get("resourceType")
@@ -1201,17 +1257,18 @@ class _Reader:
     def _duffy_observation(self, obs: JSON, code: JSON, ref: str | None) -> None:
         if obs.get("status") not in ("final", "amended", "corrected"):
             return  # a preliminary phenotype is "to be confirmed": not a fact
-        parts = _texts(code)
+        values: list[str] = []
         vs = obs.get("valueString")
         if isinstance(vs, str):
-            parts.append(vs)
+            values.append(vs)
         vcc = obs.get("valueCodeableConcept")
         if isinstance(vcc, dict):
-            parts += _texts(vcc)
+            values += _texts(vcc)
         vb = obs.get("valueBoolean")
         if isinstance(vb, bool):
-            parts.append("yes" if vb else "no")
-        text = "; ".join(parts)
+            values.append("yes" if vb else "no")
+        named = " ".join(_texts(code))
+        text = f"{named}: {' '.join(values)}"
         if duffy_null_stated(text):
             self.cur.conditions.append(
                 ClinicalCondition(
@@ -1221,6 +1278,18 @@ class _Reader:
                     f"Observation '{_shown_raw(text)}'",
                 )
             )
+            return
+        # A typing of one antigen (blood banks report Fya and Fyb separately): kept, and
+        # combined once every Observation is read.
+        code_t = " ".join(named.translate(_MINUS_SIGNS).lower().split())
+        antigens = {m.group(1) or m.group(2) for m in _FY_ANTIGEN.finditer(code_t)}
+        if len(antigens) != 1 or _DUFFY_DOUBT.search(code_t) or len(values) != 1:
+            return
+        value = " ".join(values[0].translate(_MINUS_SIGNS).lower().split())
+        sign = "-" if value in _SIGN_NEGATIVE else "+" if value in _SIGN_POSITIVE else None
+        if sign is not None:
+            when = _effective(obs) or parse_time(obs.get("issued"))
+            self.cur.antigens.append((when, antigens.pop(), sign, ref or _ref_of(obs)))
 
     def _pregnancy_observation(self, obs: JSON, ref: str | None) -> None:
         if obs.get("status") not in USED_STATUSES:
@@ -1274,6 +1343,8 @@ class _Reader:
         self.own(obs, None if _subject_of(obs) is not None else report)
         ref = f"{rid}{target}"
         if when is None and _effective(obs) is None:
+            if _analyte_of(obs) is None:
+                return  # not a result we read (a haematocrit, an MCH): nothing to say
             self.issue(
                 "no-effective-time",
                 f"{ref} and its DiagnosticReport have no usable effective time: not used",
@@ -1367,6 +1438,8 @@ class _Reader:
         coded = [(c.get("system"), c["code"]) for c in codings if isinstance(c.get("code"), str)]
         kinds: list[tuple[str, str, str]] = []  # (kind, display, how)
         for kind, (snomed, icd, _) in codes.CONDITION_MATCHERS.items():
+            if kind == "hypersplenism" and verification in UNCERTAIN_VERIFICATION:
+                continue  # it would explain the count away: only a recorded diagnosis does
             how = _coded_match(coded, snomed, icd)
             if how is None:
                 how = self._condition_words(kind, text)
@@ -1384,11 +1457,14 @@ class _Reader:
                     how = f"'{word}' in the condition text"
             if how is not None:
                 kinds.append(("red-flag", flag, how))
-        how = _coded_match(coded, codes.PREGNANCY_SNOMED, codes.PREGNANCY_ICD10)
-        if how is None:
-            word = _find_affirmed(_PREGNANCY_WORDS, text, past=True, extra=_PREGNANCY_NOT)
-            if word is not None:
-                how = f"'{word}' in the condition text"
+        # Pregnancy lowers the anaemia limit (WHO 2011): it must be a fact, not a question.
+        how = None
+        if verification not in UNCERTAIN_VERIFICATION and "?" not in text:
+            how = _coded_match(coded, codes.PREGNANCY_SNOMED, codes.PREGNANCY_ICD10)
+            if how is None:
+                word = _find_affirmed(_PREGNANCY_WORDS, text, past=True, extra=_PREGNANCY_NOT)
+                if word is not None:
+                    how = f"'{word}' in the condition text"
         if how is not None:
             kinds.append(("pregnancy", codes.CONDITION_DISPLAY["pregnancy"], how))
         for kind, display, how in kinds:
@@ -1512,11 +1588,7 @@ _CYCLE_RE = re.compile(r"\b(cycle\s*\d+|c\d+\s*d\d+)\b")
 
 def _chemo_cycle(text: str) -> str | None:
     """'cycle 3 of FOLFOX', 'C2D1 R-CHOP': a chemotherapy cycle, stated as current."""
-    for clause in _clauses(text):
-        for m in _CYCLE_RE.finditer(clause):
-            if _affirmed(clause, m, past=True, future=True):
-                return m.group(0)
-    return None
+    return _find_affirmed(_CYCLE_RE, text, past=True, future=True)
 
 
 def match_medication(concept: JSON) -> tuple[str, str] | None:

@@ -110,6 +110,14 @@ COUNT_UNITS = _table(
             "10*3/mcL",
             "10^3/mcL",
             "x10^3/mcL",
+            "10^3/mm^3",
+            # parenthesised exponents (Oracle Health / Cerner displays)
+            "x10(3)/mcL",
+            "x10(3)/uL",
+            "10(3)/uL",
+            "10(3)/mcL",
+            "x10(9)/L",
+            "10(9)/L",
         ),
         _PER_UL: (
             "/uL",
@@ -122,6 +130,9 @@ COUNT_UNITS = _table(
             "cells/cumm",
             "cells/mcL",
             "/\u00b5l",
+            "/cmm",
+            "/mm^3",
+            "cells/mm^3",
         ),
     },
     # 'g/L' is grams per litre (a mass concentration), only 'G/L' and 'G/l' are giga per litre.
@@ -131,12 +142,19 @@ COUNT_UNITS = _table(
 _PERCENT_TABLE = _table({_same: ("%", "percent"), _scale(100.0): ("1",)})
 # 'G/L' on haemoglobin would be gauss per litre: only 'g/L' and 'g/l' are grams per litre.
 HB_UNITS = _table(
-    {_same: ("g/dL", "g/dl"), _scale(0.1): ("g/L", "g/l"), _scale(1 / 0.6206): ("mmol/L",)},
+    {
+        _same: ("g/dL", "g/dl", "gm/dL", "gm/dl"),
+        _scale(0.1): ("g/L", "g/l"),
+        _scale(1 / 0.6206): ("mmol/L",),
+    },
     strict=("g/l", "g/dl"),
 )
 MCV_UNITS = _table({_same: ("fL", "um3")})
 TEMP_UNITS = _table(
-    {_same: ("Cel", "\u00b0C", "degC", "C"), _f_to_c: ("[degF]", "\u00b0F", "degF", "F")}
+    {
+        _same: ("Cel", "\u00b0C", "degC", "C", "Celsius"),
+        _f_to_c: ("[degF]", "\u00b0F", "degF", "F", "Fahrenheit"),
+    }
 )
 B12_UNITS = _table({_same: ("pg/mL", "ng/L"), _scale(1.355): ("pmol/L",)})
 FOLATE_UNITS = _table({_same: ("ng/mL", "ug/L"), _scale(1 / 2.266): ("nmol/L",)})

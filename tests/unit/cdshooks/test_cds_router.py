@@ -445,6 +445,24 @@ def test_prefetch_results_of_another_patient_are_not_used(client: TestClient) ->
     assert r.json() == {"cards": []}
 
 
+@pytest.mark.parametrize(
+    ("server", "card"),
+    [("https://ehr.example.org/fhir", True), ("https://elsewhere.example.org/fhir", False)],
+)
+def test_an_absolute_subject_counts_only_on_the_calls_fhir_server(
+    client: TestClient, server: str, card: bool
+) -> None:
+    # Patient/p1 on another server is another person (issue: a subject on another server).
+    obs = [dict(o, subject={"reference": f"{server}/Patient/p1"}) for o in cbc(1.0, 0.05)]
+    body = pv_request(cbc=bundle(obs, type_="searchset"))
+    body["fhirServer"] = "https://ehr.example.org/fhir"
+    r = client.post(PV, json=body)
+    assert r.status_code == 200
+    assert bool(r.json()["cards"]) is card
+    if card:
+        assert "0.05" in json.dumps(r.json())
+
+
 def test_another_patients_medication_order_and_condition_never_act_on_this_patient(
     client: TestClient,
 ) -> None:

@@ -129,3 +129,35 @@ def test_a_duffy_null_observation_answered_negative_is_not_null() -> None:
 @pytest.mark.parametrize("status", ["preliminary", "entered-in-error", "cancelled", "registered"])
 def test_a_duffy_observation_that_is_not_final(status: str) -> None:
     assert duffy_kinds(phenotype_obs("Fy(a-b-)", status=status)) == []
+
+
+def antigen_obs(antigen: str, value: str, days_before: float = 300, oid: str = "") -> Any:
+    o = phenotype_obs(value, code_text=f"Fy {antigen} Ag [Presence] on Red Blood Cells")
+    o["id"] = oid or f"fy{antigen}-{days_before}"
+    o["effectiveDateTime"] = at(days_before)
+    return o
+
+
+def test_separate_antigen_typings_both_negative_are_duffy_null() -> None:
+    assert duffy_kinds(antigen_obs("a", "Negative"), antigen_obs("b", "Negative")) == ["duffy-null"]
+
+
+@pytest.mark.parametrize(
+    ("fya", "fyb"), [("Negative", "Positive"), ("Positive", "Negative"), ("Positive", "Positive")]
+)
+def test_separate_antigen_typings_with_one_positive_are_not(fya: str, fyb: str) -> None:
+    assert duffy_kinds(antigen_obs("a", fya), antigen_obs("b", fyb)) == []
+
+
+def test_one_antigen_typing_alone_is_not_duffy_null() -> None:
+    assert duffy_kinds(antigen_obs("a", "Negative")) == []
+
+
+def test_the_latest_typing_of_an_antigen_counts() -> None:
+    older_neg = antigen_obs("b", "Negative", days_before=400)
+    newer_pos = antigen_obs("b", "Positive", days_before=10)
+    assert duffy_kinds(antigen_obs("a", "Negative"), older_neg, newer_pos) == []
+
+
+def test_an_uncertain_antigen_typing_is_not_used() -> None:
+    assert duffy_kinds(antigen_obs("a", "Negative"), antigen_obs("b", "Weak positive?")) == []

@@ -302,3 +302,11 @@ def test_another_patients_resources_never_change_this_patients_assessment(
     assert summary(mixed) == summary(alone)
     out = orjson.dumps(emit.bundle(mixed)).decode()
     assert "foreign-" not in out and "p2" not in out and "other.example" not in out
+
+
+def test_a_conditional_subject_reference_counts_as_no_subject() -> None:
+    # Synthea-style 'Patient?identifier=...' cannot be checked: fine alone, left out beside others
+    o = of("Patient?identifier=urn:oid:1.2|123", obs(WBC, 2.5))
+    assert [r.value for r in ingest(bundle(patient(), o), patient_id="p1").results] == [2.5]
+    mixed = bundle(patient(), o, of("Patient/p2", obs(WBC, 9.0)))
+    assert ingest(mixed, patient_id="p1").results == ()

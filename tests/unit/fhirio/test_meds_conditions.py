@@ -146,6 +146,20 @@ def test_not_high_risk(text: str) -> None:
     assert labs(med(text)).medications == ()
 
 
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("sulfamethoxazole-trimethoprim 800-160 mg", "sulfamethoxazole/trimethoprim"),
+        ("nab-paclitaxel 125 mg/m2", "nab-paclitaxel"),
+        ("5-fluorouracil bolus", "fluorouracil"),
+        ("Olanzapine 10 MG Oral Tablet", "olanzapine"),
+    ],
+)
+def test_names_with_hyphens_and_case(text: str, name: str) -> None:
+    (m,) = labs(med(text)).medications
+    assert m.name == name
+
+
 def test_low_dose_methotrexate_is_high_risk_but_not_chemotherapy_context() -> None:
     (m,) = labs(med("methotrexate 15 mg weekly", "6851")).medications
     assert m.name == "methotrexate" and not m.antineoplastic and "RxNorm" in m.matched_by
@@ -170,6 +184,18 @@ def test_low_dose_methotrexate_is_high_risk_but_not_chemotherapy_context() -> No
     ],
 )
 def test_red_flag_words(text: str, flag: str) -> None:
+    assert ("red-flag", flag) in kinds(labs(condition(text)))
+
+
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [
+        ("No fever, splenomegaly on examination", "splenomegaly"),
+        ("Weight loss, lymphadenopathy resolved", "weight loss"),
+        ("Denies bleeding but has lymphadenopathy", "lymphadenopathy"),
+    ],
+)
+def test_negation_stays_in_its_clause(text: str, flag: str) -> None:
     assert ("red-flag", flag) in kinds(labs(condition(text)))
 
 
@@ -206,6 +232,8 @@ def test_red_flag_snomed_codes(code: str, flag: str) -> None:
         "Family history of bleeding disorder",
         "Intentional weight loss",
         "Weight loss surgery",
+        "Lymphadenopathy (ruled out)",
+        "Splenomegaly: resolved",
     ],
 )
 def test_negated_text_is_not_a_red_flag(text: str) -> None:
@@ -242,6 +270,12 @@ def test_a_recorded_hypersplenism_explains_the_count(text: str) -> None:
     got = kinds(labs(condition(text)))
     assert ("hypersplenism", "hypersplenism") in got
     assert ("red-flag", "splenomegaly") not in got
+
+
+def test_a_provisional_hypersplenism_does_not_explain_the_count() -> None:
+    c = condition("Hypersplenism with splenomegaly")
+    c["verificationStatus"] = {"coding": [{"code": "differential"}]}
+    assert kinds(labs(c)) == {("red-flag", "splenomegaly")}
 
 
 # --- chemotherapy context -------------------------------------------------------------------------
@@ -298,6 +332,18 @@ def test_a_coded_pregnancy() -> None:
 )
 def test_negated_or_past_pregnancy_is_not(text: str) -> None:
     assert "pregnancy" not in {c.kind for c in labs(condition(text)).conditions}
+
+
+@pytest.mark.parametrize("text", ["Possible pregnancy", "? pregnant", "Rule out pregnancy"])
+def test_an_uncertain_pregnancy_is_not(text: str) -> None:
+    # pregnancy lowers the anaemia limit: a question must not lower it
+    assert "pregnancy" not in {c.kind for c in labs(condition(text)).conditions}
+
+
+def test_an_unconfirmed_pregnancy_is_not() -> None:
+    c = condition("Pregnancy", (SNOMED, "77386006"))
+    c["verificationStatus"] = {"coding": [{"code": "provisional"}]}
+    assert labs(c).conditions == ()
 
 
 def test_a_resolved_pregnancy_is_not() -> None:

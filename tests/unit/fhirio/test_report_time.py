@@ -48,6 +48,7 @@ def spec_cbc_example() -> dict[str, Any]:
     contained = []
     for rid, code, value, unit in (
         ("r1", HB, 176, "g/L"),
+        ("r3", "4544-3", 55, "%"),  # haematocrit: not read
         ("r6", PLT, 444, "10*9/L"),
         ("r7", WBC, 4.6, "10*9/L"),
         ("r8", NEUT_PCT, 20, "%"),
@@ -207,3 +208,14 @@ def test_an_entered_in_error_report_gives_no_time() -> None:
     labs = ingest(bundle(patient(), untimed(ANC, 0.3, oid="e1"), dr))
     assert labs.results == ()
     assert "no-effective-time" in {i.code for i in labs.issues}
+
+
+def test_a_contained_result_without_any_time_is_reported_once() -> None:
+    dr = spec_cbc_example()
+    del dr["effectiveDateTime"]
+    labs = ingest(bundle(patient(), dr), patient_id="p1")
+    assert labs.results == ()
+    missing = [i for i in labs.issues if i.code == "no-effective-time"]
+    assert len(missing) == 5  # the five CBC results we read; nothing about other analytes
+    anc = next(i for i in missing if i.analyte is Analyte.ANC)
+    assert anc.ref == "DiagnosticReport/101#r9" and anc.sent == "0.9 x10*9/L"

@@ -139,8 +139,20 @@ def test_haemoglobin_g_per_litre_round_trip(g_dl: float) -> None:
 
 # --- codes.md "Units for counts" (v2) and UCUM case ------------------------------------------
 
-V2_X1 = ["K/mm3", "x10*9/L", "K/cumm", "th/cumm", "Tsd/\u00b5l", "giga/L", "G/l", "10^9/l"]
-V2_X0001 = ["/\u00b5l", "cells/mcL", "/ul", "/UL", "CELLS/UL", "/cumm"]
+V2_X1 = [
+    "K/mm3",
+    "x10*9/L",
+    "K/cumm",
+    "th/cumm",
+    "Tsd/\u00b5l",
+    "giga/L",
+    "G/l",
+    "10^9/l",
+    "x10(3)/mcL",
+    "x10(9)/L",
+    "K/\u00b5L",
+]
+V2_X0001 = ["/\u00b5l", "cells/mcL", "/ul", "/UL", "CELLS/UL", "/cumm", "/mm^3", "/cmm"]
 
 
 @pytest.mark.parametrize("unit", V2_X1)
