@@ -440,6 +440,44 @@ def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
+def _under(url: httpx.URL, base: httpx.URL) -> bool:
+    """Whether ``url``'s path is the base path or below it, with no dot segment left.
+
+    httpx removes literal ``..`` when it joins, but not ``%2e%2e`` (or ``%2f``), which a
+    server or proxy may decode into a step up; the decoded path is checked, so those fail.
+    """
+    path = url.path
+    segments = path.replace("\\", "/").split("/")
+    if "." in segments or ".." in segments:
+        return False
+    root = base.path.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+def loggable(label: str) -> str:
+    """A request label as a route: ``GET Patient/{id}`` for ``GET Patient/123``.
+
+    Messages name the resource (the caller asked for it); a log line must not, because the
+    id of a patient or of their resources is patient data. Kept: the method, resource
+    types, ``$operations``, ``_history`` and the like; every other segment becomes ``{id}``.
+    """
+    method, _, path = label.partition(" ")
+    out: list[str] = []
+    after_type = False
+    for segment in path.split("/"):
+        keep = not after_type and (
+            _RESOURCE_TYPE.fullmatch(segment) is not None
+            or segment.startswith(("$", "_"))
+            or segment in ("[base]", "metadata", "")
+        )
+        out.append(segment if keep or segment.startswith("$") else "{id}")
+        after_type = keep and _RESOURCE_TYPE.fullmatch(segment) is not None
+    return f"{method} {'/'.join(out)}" if path else method
+
+
 def _is_idempotent_transaction(bundle: Mapping[str, Any]) -> bool:
     """True when resending the transaction cannot create anything twice.
 
@@ -600,6 +638,13 @@ class _FhirClientCore:
         An http link from an https base is a different origin too (it would downgrade).
         """
         resolved = self._join_base.join(url)
+        if _same_origin(resolved, self._base) and not _under(resolved, self._base):
+            # Same host, other path: another application (or tenant) on the server would get
+            # our token. Only the URL configured as the FHIR base is trusted with it.
+            raise FatalFhirServerError(
+                f"The {what} points outside the FHIR base {_shorten(self.base_url, 120)}; not "
+                f"followed, so our token is not sent there"
+            )
         if not _same_origin(resolved, self._base):
             port = f":{resolved.port}" if resolved.port else ""
             origin = _shorten(f"{resolved.scheme}://{resolved.host}{port}", 120)
@@ -706,7 +751,7 @@ class _FhirClientCore:
             retry += 1
             logger.warning(
                 "FHIR %s: %s; retry %d/%d in %.2f s",
-                call.label,
+                loggable(call.label),
                 problem.status or "no answer",
                 retry,
                 self._max_retries,
