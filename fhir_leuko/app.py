@@ -93,13 +93,17 @@ async def _leuko_error(request: Request, exc: Exception) -> Response:
     code = _CODE_FOR_STATUS.get(status, code)
     if isinstance(exc, AuthError):
         # The reason names the failed check and quoted iss/jti, never the token.
-        logger.warning("401 on %s %s: %s", request.method, request.url.path, exc)
+        logger.warning("401 on %s %s: %s", request.method, route_template(request.scope), exc)
         return outcome_response(
             401, "login", "Authentication failed", headers={"WWW-Authenticate": "Bearer"}
         )
     if status >= 500:
         logger.error(
-            "%d on %s %s: %s", status, request.method, request.url.path, type(exc).__name__
+            "%d on %s %s: %s",
+            status,
+            request.method,
+            route_template(request.scope),
+            type(exc).__name__,
         )
         return outcome_response(status, code, "The service could not answer this request")
     return outcome_response(status, code, str(exc))
@@ -117,12 +121,24 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return outcome_response(400, "invalid", "the request does not match the API")
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (``/notify/{name}/{rest:path}``), never the request
+    path: a path can name a patient or a resource (``/notify/hapi/Observation/obs-1``)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "(no route)"
+
+
 def _log_unexpected(scope: Scope, exc: BaseException) -> None:
     # Type and place only: an exception message or traceback may quote patient data.
     frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
     logger.error(
-        "500 on %s %s: %s%s", scope.get("method"), scope.get("path"), type(exc).__name__, where
+        "500 on %s %s: %s%s",
+        scope.get("method"),
+        route_template(scope),
+        type(exc).__name__,
+        where,
     )
 
 

@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_config": logs.configure(level),
+        "log_config": logs.configure(level, svc.log_format),
         "log_level": level,
         "access_log": False,
     }

@@ -27,7 +27,7 @@ from typing import Any
 
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import ConfigError
-from fhir_leuko.logs import check_level
+from fhir_leuko.logs import check_format, check_level
 
 ENV_PREFIX = "FHIR_LEUKO_"
 THRESHOLD_ENV_PREFIX = "FHIR_LEUKO_T_"
@@ -84,6 +84,8 @@ class ServiceSettings:
     # fhir_leuko log lines on stderr: critical, error, warning, info (one line per CDS call,
     # identifiers only, never patient data) or debug.
     log_level: str = "info"
+    # "text": one escaped line per record; "json": one JSON object per line (a log shipper).
+    log_format: str = "text"
     fhir_server_allowlist: tuple[str, ...] = ()  # SSRF guard for fetching from fhirServer
     cors_origins: tuple[str, ...] = ()
     feedback_db: str = "fhir-leuko-feedback.sqlite3"
@@ -241,6 +243,7 @@ def load_settings(
     }
     service = _apply(service, s_env, "environment", "service", origins)
     check_level(service.log_level)
+    check_format(service.log_format)
     if not service.public_base_url:
         service = dataclasses.replace(
             service, public_base_url=local_base_url(service.host, service.port)

@@ -41,6 +41,8 @@ def _serve(tmp_path: Path, *argv: str, **env: str) -> Iterator[tuple[str, Path]]
         "FHIR_LEUKO_PORT": str(port),
         "FHIR_LEUKO_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "FHIR_LEUKO_WORKER_ENABLED": "0",
+        # This checkout's fhir_leuko, whatever the environment has installed.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         **env,
     }
     with log.open("wb") as err:
@@ -115,6 +117,40 @@ def test_serve_answers_the_readme_call_and_logs_it_without_patient_data(
     # Identifiers of the call only: not the patient, their birth date or their counts.
     for phi in ("example-1", "1964-04-02", "1.1", "0.3"):
         assert phi not in line.group(0)
+
+
+def _forged_call(base: str) -> httpx.Response:
+    """The README's call with a hookInstance that tries to write a log line of its own."""
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    doc = json.loads(REQUEST.read_text().replace("2026-03-09", yesterday))
+    doc["hookInstance"] = "h1\n2026-01-01T00:00:00.000Z ERROR fhir_leuko.app: forged"
+    return httpx.post(
+        f"{base}/cds-services/leukopenia-patient-view", json=doc, timeout=10, trust_env=False
+    )
+
+
+def test_a_newline_in_a_hook_instance_does_not_forge_a_log_line(tmp_path: Path) -> None:
+    for base, log in _serve(tmp_path):
+        assert _forged_call(base).status_code == 200
+        lines = log.read_text().splitlines()
+        assert not any(line.startswith("2026-01-01T00:00:00.000Z") for line in lines), lines
+        assert any(
+            "hookInstance=h1\\n2026-01-01T00:00:00.000Z ERROR fhir_leuko.app: forged" in line
+            for line in lines
+        ), lines
+
+
+def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    for base, log in _serve(tmp_path, FHIR_LEUKO_LOG_FORMAT="json"):
+        assert _forged_call(base).status_code == 200
+        records = [json.loads(line) for line in log.read_text().splitlines() if line]
+        loggers = {r["logger"] for r in records}
+        assert "uvicorn.error" in loggers and "fhir_leuko.app" in loggers  # uvicorn's lines too
+        [call] = [r for r in records if r["message"].startswith("cds ")]
+        assert call["message"].startswith(
+            "cds leukopenia-patient-view hookInstance=h1\n2026-01-01T00:00:00.000Z ERROR"
+        )
+        assert call["level"] == "INFO" and call["logger"] == "fhir_leuko.cdshooks.router"
 
 
 def test_log_level_setting_silences_the_per_call_line(tmp_path: Path) -> None:
