@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_leuko import __version__
@@ -60,6 +63,7 @@ _CODE_FOR_STATUS = {
     400: "invalid",
     401: "login",
     404: "not-found",
+    408: "timeout",
     405: "not-supported",
     412: "incomplete",
     413: "too-long",
@@ -71,6 +75,12 @@ class RequestTooLarge(InputError):
     """The body is over ``max_body_bytes``."""
 
     http_status = 413
+
+
+class RequestTimeout(InputError):
+    """The body did not arrive within ``body_timeout_s``."""
+
+    http_status = 408
 
 
 def outcome_response(
@@ -106,7 +116,9 @@ async def _leuko_error(request: Request, exc: Exception) -> Response:
             type(exc).__name__,
         )
         return outcome_response(status, code, "The service could not answer this request")
-    return outcome_response(status, code, str(exc))
+    # The rest of an unread body must not be read as the next request on this connection.
+    unread = {"Connection": "close"} if status in (408, 413) else None
+    return outcome_response(status, code, str(exc), headers=unread)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -143,18 +155,22 @@ def _log_unexpected(scope: Scope, exc: BaseException) -> None:
 
 
 class Guard:
-    """Body limit and last-resort error answer, as pure ASGI (cheap on every request).
+    """Body limits and last-resort error answer, as pure ASGI (cheap on every request).
 
     Bodies over ``limit`` bytes are refused before anyone parses them: a declared
     Content-Length at once, a chunked body as it arrives (the app's read fails with
-    :class:`RequestTooLarge`). An exception no handler took becomes a 500 OperationOutcome
-    and one log line with its type and place; it is not re-raised, because the server would
-    then log the full traceback, whose messages may quote patient data.
+    :class:`RequestTooLarge`). A body still arriving ``body_timeout`` seconds after the
+    headers is answered 408 (:class:`RequestTimeout`), so a slow sender cannot hold a
+    request open. A client that hangs up mid-body is nobody's error: no 500, no log line
+    above debug. An exception no handler took becomes a 500 OperationOutcome and one log
+    line with its type and place; it is not re-raised, because the server would then log
+    the full traceback, whose messages may quote patient data.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, body_timeout: float = 0.0) -> None:
         self.app = app
         self.limit = limit
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -177,11 +193,24 @@ class Guard:
                     await response(scope, receive, send)
                     return
         seen = 0
+        # Only the body is timed: after it, a receive() waits for the client to hang up.
+        deadline = time.monotonic() + self.body_timeout if self.body_timeout > 0 else None
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, deadline
+            if deadline is None:
+                message = await receive()
+            else:
+                try:
+                    with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                        message = await receive()
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"the request body did not arrive within {self.body_timeout:g} s"
+                    ) from None
             if message["type"] == "http.request":
+                if not message.get("more_body", False):
+                    deadline = None
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise RequestTooLarge(f"the request body is larger than {self.limit} bytes")
@@ -196,6 +225,8 @@ class Guard:
 
         try:
             await self.app(scope, limited, tracked)
+        except ClientDisconnect:
+            logger.debug("client went away on %s %s", scope.get("method"), route_template(scope))
         except Exception as exc:
             _log_unexpected(scope, exc)
             if not started:
@@ -278,7 +309,7 @@ def create_app(
 
     # Added last = outermost: CORS answers preflights before the body limit or any route,
     # and without a JWT, as browsers (the public sandbox) send none on OPTIONS.
-    app.add_middleware(Guard, limit=svc.max_body_bytes)
+    app.add_middleware(Guard, limit=svc.max_body_bytes, body_timeout=svc.body_timeout_s)
     if svc.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -308,6 +339,9 @@ def create_app(
 def create_app_from_environment() -> FastAPI:
     """App factory for multi-process serving: each process loads the same settings from the
     environment (``FHIR_LEUKO_CONFIG`` and ``FHIR_LEUKO_*``)."""
+    from fhir_leuko import serving
     from fhir_leuko.config import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    serving.apply(settings.service)  # this worker process's header deadline
+    return create_app(settings)

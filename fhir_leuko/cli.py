@@ -180,6 +180,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from fhir_leuko import serving
     from fhir_leuko.app import create_app
 
     settings = load_settings(args.config)
@@ -201,6 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": logs.configure(level, svc.log_format),
         "log_level": level,
         "access_log": False,
+        **serving.uvicorn_options(svc),
     }
     if workers > 1:
         # Each process builds its own app from the environment: pass what the flags said.

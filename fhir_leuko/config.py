@@ -91,6 +91,14 @@ class ServiceSettings:
     feedback_db: str = "fhir-leuko-feedback.sqlite3"
     queue_db: str = "fhir-leuko-queue.sqlite3"
     max_body_bytes: int = 8 * 1024 * 1024
+    # Slow or idle clients (fhir_leuko/serving.py): a request's line and headers must arrive
+    # within header_timeout_s of the connection or of the previous answer (else it is
+    # closed), its body within body_timeout_s (else 408); an idle keep-alive connection
+    # closes after keep_alive_s; beyond limit_concurrency connections, 503 (0 = no limit).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    limit_concurrency: int = 1000
     fetch_timeout_s: float = 2.0  # all FHIR calls of one hook together (cds-hooks.md 7.4)
     jwt_max_lifetime_s: int = 3600  # our policy; the spec sets none (Epic uses 900 s)
     jwt_clock_skew_s: int = 60

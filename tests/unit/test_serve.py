@@ -153,6 +153,39 @@ def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None
         assert call["level"] == "INFO" and call["logger"] == "fhir_leuko.cdshooks.router"
 
 
+def _raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def test_slow_and_vanishing_clients_are_cut_off_quietly(tmp_path: Path) -> None:
+    env = {"FHIR_LEUKO_HEADER_TIMEOUT_S": "1", "FHIR_LEUKO_BODY_TIMEOUT_S": "1"}
+    for base, log in _serve(tmp_path, **env):
+        port = int(base.rsplit(":", 1)[1])
+        path = b"/cds-services/leukopenia-patient-view"
+        head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        # Headers that never finish: the server closes the connection (slowloris).
+        started = time.monotonic()
+        with _raw(port, head) as slow_headers:
+            assert slow_headers.recv(1024) == b""
+        assert time.monotonic() - started < 5
+        # A body that stops arriving: 408, and the connection is closed.
+        with _raw(port, head + b"Content-Length: 100\r\n\r\n" + b'{"hook": ') as slow_body:
+            answer = b""
+            while chunk := slow_body.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"did not arrive within 1 s" in answer
+        # A client that hangs up mid-body: nothing to log above debug.
+        with _raw(port, head + b"Content-Length: 1000\r\n\r\n" + b'{"hook": "patient-'):
+            pass
+        # Everyone else is served as before.
+        assert _readme_call(base).status_code == 200
+        text = log.read_text()
+        assert "ClientDisconnect" not in text and " 500 " not in text, text[-2000:]
+
+
 def test_log_level_setting_silences_the_per_call_line(tmp_path: Path) -> None:
     for base, log in _serve(tmp_path, FHIR_LEUKO_LOG_LEVEL="warning"):
         answer = _readme_call(base)
@@ -210,6 +243,31 @@ def _run_serve(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, object]
     monkeypatch.setattr(logs, "configure", logs.log_config)  # leave this process's logging be
     assert cli.main(["serve", *argv]) == 0
     return captured
+
+
+def test_serve_bounds_what_clients_can_hold_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from fhir_leuko import serving
+
+    for cls in (serving.HttpProtocol, serving.H11WithHeaderTimeout):  # restored afterwards
+        monkeypatch.setattr(cls, "header_timeout_s", cls.header_timeout_s)
+    config = tmp_path / "serve.toml"
+    config.write_text("[service]\nheader_timeout_s = 7\nlimit_concurrency = 0\n")
+    run = _run_serve(monkeypatch, "--config", str(config))
+    assert run["http"] is serving.HttpProtocol
+    assert run["timeout_keep_alive"] == 5.0
+    assert run["limit_concurrency"] is None  # 0 = no limit
+    assert run["h11_max_incomplete_event_size"] == 16 * 1024
+    assert serving.HttpProtocol.header_timeout_s == 7.0
+    # A worker process of serve --workers N sets its own deadline as it builds the app.
+    monkeypatch.setenv("FHIR_LEUKO_HEADER_TIMEOUT_S", "3")
+    monkeypatch.setenv("FHIR_LEUKO_INSECURE_DEV", "1")
+    from fhir_leuko.app import create_app_from_environment
+
+    create_app_from_environment()
+    assert serving.HttpProtocol.header_timeout_s == 3.0
+    assert serving.H11WithHeaderTimeout.header_timeout_s == 3.0
 
 
 def test_workers_flag_reaches_the_worker_processes(monkeypatch: pytest.MonkeyPatch) -> None:
