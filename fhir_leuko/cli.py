@@ -350,6 +350,8 @@ def _config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # serve configures uvicorn's logging and ours itself
+        logs.configure_cli()
     try:
         if args.command == "evaluate":
             return _evaluate(args)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import logging.config
+import sys
 import time
 from typing import Any
 
@@ -142,3 +143,24 @@ def configure(level: str, log_format: str = "text") -> dict[str, Any]:
     cfg = log_config(level, log_format)
     logging.config.dictConfig(cfg)
     return cfg
+
+
+class StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test may have replaced it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def configure_cli(level: str = "warning") -> None:
+    """The other CLI commands (``evaluate``, ``fetch``, ``subscribe``): warnings such as the
+    FHIR client's retries go to stderr through the escaping formatter, not Python's bare
+    last-resort handler. Idempotent; records still propagate to any root handler."""
+    tree = logging.getLogger("fhir_leuko")
+    if not any(isinstance(h, StderrHandler) for h in tree.handlers):
+        handler = StderrHandler(check_level(level).upper())
+        handler.setFormatter(UtcFormatter(FORMAT))
+        tree.addHandler(handler)

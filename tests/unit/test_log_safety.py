@@ -301,3 +301,14 @@ def test_no_log_line_names_a_patient_or_their_resources(
         line.split(" ", 1)[-1].startswith("ERROR fhir_leuko.app: forged")
         for line in joined.splitlines()
     )
+
+
+def test_the_other_cli_commands_log_through_the_escaping_formatter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure_cli()
+    logs.configure_cli()  # idempotent: one line per record, not two
+    logging.getLogger("fhir_leuko.fhirio.client").warning("FHIR %s: retry", f"x\n{FORGED}")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.endswith(f"WARNING fhir_leuko.fhirio.client: FHIR x\\n{FORGED}: retry\n")
