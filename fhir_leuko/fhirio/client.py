@@ -8,8 +8,8 @@ this long, hand this page to the caller) and receive the result. ``FhirClient`` 
 
 Errors follow ``fhir_leuko.errors``: callers decide by type. ``TemporaryFhirServerError`` means
 "try again later" (network, timeout, 408, 429, 5xx after our own retries);
-``FatalFhirServerError`` means retrying will not help (other 4xx, not FHIR JSON, a next link to
-another origin). Messages name the interaction (``GET Observation``) and the server's
+``FatalFhirServerError`` means retrying will not help (other 4xx, not FHIR JSON, a next link
+outside the base URL). Messages name the interaction (``GET Observation``) and the server's
 OperationOutcome text, never a query string, request body, resource or token: those carry PHI
 or secrets, and messages end up in logs.
 """
@@ -630,7 +630,8 @@ class _FhirClientCore:
         return "/".join([self.base_url, *segments])
 
     def _resolve(self, url: str, what: str) -> str:
-        """An absolute URL on the FHIR server's origin, or FatalFhirServerError.
+        """An absolute URL under the FHIR base URL (same origin, path below it), or
+        FatalFhirServerError.
 
         Why the origin check: the client sends our bearer token with every request, so
         following a URL chosen by the server (a next link, a Location) to another origin would
@@ -836,7 +837,7 @@ class _FhirClientCore:
         take: Callable[[Resource], bool] | None,
         max_pages: int | None,
     ) -> _Flow[None]:
-        """GET a search and follow ``Bundle.link[next]`` on the same origin.
+        """GET a search and follow ``Bundle.link[next]`` under the base URL.
 
         Each page goes to ``take`` (which returns False to stop) or, without ``take``, to the
         caller through an _Emit step. Exceeding ``max_pages`` raises instead of truncating: a
