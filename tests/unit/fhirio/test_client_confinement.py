@@ -141,3 +141,19 @@ def test_a_label_becomes_a_route_without_ids(label: str, route: str) -> None:
     from fhir_leuko.fhirio.client import loggable
 
     assert loggable(label) == route
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "https://ehr.example.org/fhir/r4/%2e%2e/admin",
+        "https://ehr.example.org/fhir/r4/%2E%2E%2Fadmin",
+        "https://ehr.example.org/fhir/r4/..%2fadmin",
+        "https://ehr.example.org/fhir/r4/.%2e/.%2e/internal",
+    ],
+)
+def test_an_encoded_step_up_does_not_pass_the_fhir_server_allowlist(server: str) -> None:
+    from fhir_leuko.cdshooks.fetch import server_allowed
+
+    assert not server_allowed(server, (BASE,))
+    assert server_allowed(BASE + "/tenant-a", (BASE,))  # below the base is still fine
