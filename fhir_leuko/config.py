@@ -94,11 +94,14 @@ class ServiceSettings:
     # Slow or idle clients (fhir_leuko/serving.py): a request's line and headers must arrive
     # within header_timeout_s of the connection or of the previous answer (else it is
     # closed), its body within body_timeout_s (else 408); an idle keep-alive connection
-    # closes after keep_alive_s; beyond limit_concurrency connections, 503 (0 = no limit).
+    # closes after keep_alive_s. limit_concurrency (0 = none): uvicorn answers 503 beyond that
+    # many connections plus requests; it counts connections still sending headers, so 1,000
+    # slow clients would make it refuse everyone until the header deadline cuts them (seen
+    # in a probe): off unless a proxy in front holds the slow clients.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     keep_alive_s: float = 5.0
-    limit_concurrency: int = 1000
+    limit_concurrency: int = 0
     fetch_timeout_s: float = 2.0  # all FHIR calls of one hook together (cds-hooks.md 7.4)
     jwt_max_lifetime_s: int = 3600  # our policy; the spec sets none (Epic uses 900 s)
     jwt_clock_skew_s: int = 60

@@ -9,7 +9,9 @@ reading a request: a client that sends its headers a byte at a time keeps its so
   classes below; uvicorn takes a protocol class as its ``http`` option);
 - the body must arrive within ``body_timeout_s`` of the headers, else ``408`` (the app's
   :class:`fhir_leuko.app.Guard`, which already bounds the body's size);
-- at most ``limit_concurrency`` connections and requests at once, ``503`` beyond (uvicorn);
+- ``limit_concurrency``, when set: ``503`` beyond that many connections plus requests
+  (uvicorn's count includes connections still sending headers, so it is off by default:
+  1,500 slow-header connections made it refuse every other client until they were cut);
 - an idle keep-alive connection closes after ``keep_alive_s`` (uvicorn).
 """
 

@@ -253,11 +253,11 @@ def test_serve_bounds_what_clients_can_hold_open(
     for cls in (serving.HttpProtocol, serving.H11WithHeaderTimeout):  # restored afterwards
         monkeypatch.setattr(cls, "header_timeout_s", cls.header_timeout_s)
     config = tmp_path / "serve.toml"
-    config.write_text("[service]\nheader_timeout_s = 7\nlimit_concurrency = 0\n")
+    config.write_text("[service]\nheader_timeout_s = 7\nlimit_concurrency = 500\n")
     run = _run_serve(monkeypatch, "--config", str(config))
     assert run["http"] is serving.HttpProtocol
     assert run["timeout_keep_alive"] == 5.0
-    assert run["limit_concurrency"] is None  # 0 = no limit
+    assert run["limit_concurrency"] == 500
     assert run["h11_max_incomplete_event_size"] == 16 * 1024
     assert serving.HttpProtocol.header_timeout_s == 7.0
     # A worker process of serve --workers N sets its own deadline as it builds the app.
@@ -268,6 +268,10 @@ def test_serve_bounds_what_clients_can_hold_open(
     create_app_from_environment()
     assert serving.HttpProtocol.header_timeout_s == 3.0
     assert serving.H11WithHeaderTimeout.header_timeout_s == 3.0
+    # Off by default: uvicorn counts slow-header connections too, so it would refuse everyone.
+    from fhir_leuko.config import ServiceSettings
+
+    assert serving.uvicorn_options(ServiceSettings())["limit_concurrency"] is None
 
 
 def test_workers_flag_reaches_the_worker_processes(monkeypatch: pytest.MonkeyPatch) -> None:
