@@ -250,8 +250,9 @@ def _too_deep(doc: object, limit: int) -> bool:
         value, depth = stack.pop()
         if depth > limit:
             return True
-        children = value.values() if isinstance(value, dict) else value
-        assert isinstance(children, Iterable)
+        children: Iterable[object] = value.values() if isinstance(value, dict) else ()
+        if isinstance(value, list):
+            children = value
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
 
