@@ -180,6 +180,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from fhir_leuko import serving
     from fhir_leuko.app import create_app
 
     settings = load_settings(args.config)
@@ -198,9 +199,10 @@ def _serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_config": logs.configure(level),
+        "log_config": logs.configure(level, svc.log_format),
         "log_level": level,
         "access_log": False,
+        **serving.uvicorn_options(svc),
     }
     if workers > 1:
         # Each process builds its own app from the environment: pass what the flags said.
@@ -348,6 +350,8 @@ def _config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # serve configures uvicorn's logging and ours itself
+        logs.configure_cli()
     try:
         if args.command == "evaluate":
             return _evaluate(args)

@@ -27,7 +27,7 @@ from typing import Any
 
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import ConfigError
-from fhir_leuko.logs import check_level
+from fhir_leuko.logs import check_format, check_level
 
 ENV_PREFIX = "FHIR_LEUKO_"
 THRESHOLD_ENV_PREFIX = "FHIR_LEUKO_T_"
@@ -84,11 +84,24 @@ class ServiceSettings:
     # fhir_leuko log lines on stderr: critical, error, warning, info (one line per CDS call,
     # identifiers only, never patient data) or debug.
     log_level: str = "info"
+    # "text": one escaped line per record; "json": one JSON object per line (a log shipper).
+    log_format: str = "text"
     fhir_server_allowlist: tuple[str, ...] = ()  # SSRF guard for fetching from fhirServer
     cors_origins: tuple[str, ...] = ()
     feedback_db: str = "fhir-leuko-feedback.sqlite3"
     queue_db: str = "fhir-leuko-queue.sqlite3"
     max_body_bytes: int = 8 * 1024 * 1024
+    # Slow or idle clients (fhir_leuko/serving.py): a request's line and headers must arrive
+    # within header_timeout_s of the connection or of the previous answer (else it is
+    # closed), its body within body_timeout_s (else 408); an idle keep-alive connection
+    # closes after keep_alive_s. limit_concurrency (0 = none): uvicorn answers 503 beyond that
+    # many connections plus requests; it counts connections still sending headers, so 1,000
+    # slow clients would make it refuse everyone until the header deadline cuts them (seen
+    # in a probe): off unless a proxy in front holds the slow clients.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    limit_concurrency: int = 0
     fetch_timeout_s: float = 2.0  # all FHIR calls of one hook together (cds-hooks.md 7.4)
     jwt_max_lifetime_s: int = 3600  # our policy; the spec sets none (Epic uses 900 s)
     jwt_clock_skew_s: int = 60
@@ -241,6 +254,7 @@ def load_settings(
     }
     service = _apply(service, s_env, "environment", "service", origins)
     check_level(service.log_level)
+    check_format(service.log_format)
     if not service.public_base_url:
         service = dataclasses.replace(
             service, public_base_url=local_base_url(service.host, service.port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fhir_leuko.clinical.model import Action, Analyte, Assessment
 from fhir_leuko.fhirio.codes import ACTION_DISPLAY
+from fhir_leuko.logs import escape
 
 _INDICATOR = {"negligible": "normal", "low": "info", "moderate": "WARNING", "high": "CRITICAL"}
 
@@ -73,7 +74,9 @@ def text_report(a: Assessment) -> str:
         "Data that could not be used:",
         [i.message for i in a.issues if i.severity != "information"],
     )
-    return "\n".join(lines) + "\n"
+    # Input text (medication and condition names, data-issue messages) goes to a terminal:
+    # its control characters (ESC sequences, carriage returns) are shown, not obeyed.
+    return "\n".join(escape(line) for line in lines) + "\n"
 
 
 def _section(lines: list[str], title: str, items: list[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
+import math
 import sqlite3
 import threading
 import time
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 import jwt
+import orjson
 
 from fhir_leuko.errors import AuthError, ConfigError
 
@@ -43,6 +44,10 @@ PERMITTED_ALGORITHMS: frozenset[str] = RECOMMENDED_ALGORITHMS | {
 _MAX_TOKEN_CHARS = 16_384
 _MAX_JTI_CHARS = 256
 _MAX_JWKS_BYTES = 256 * 1024
+#: The latest NumericDate we accept for ``exp``, ``iat`` and ``nbf``: 9999-12-31T23:59:59Z.
+#: Every whole second from 0 to here is exact as a float, so comparisons and the lifetime
+#: ``exp - iat`` mean what they say.
+_MAX_NUMERIC_DATE = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -275,7 +280,7 @@ class _JwksCache:
         if len(response.content) > _MAX_JWKS_BYTES:
             raise AuthError(f"the JWKS at {url} is larger than {_MAX_JWKS_BYTES} bytes")
         try:
-            document = json.loads(response.content)
+            document = orjson.loads(response.content)
         except ValueError as err:
             raise AuthError(f"the JWKS at {url} is not JSON") from err
         keys = _index_jwks(document)
@@ -474,12 +479,9 @@ def _unverified_payload(token: str) -> dict[str, Any]:
     """Read the payload only to learn ``iss``, which picks the keys to verify with."""
     try:
         decoded = jwt.PyJWS().decode_complete(token, options={"verify_signature": False})
-        payload = json.loads(decoded["payload"])
-    except (jwt.PyJWTError, ValueError) as err:
+    except jwt.PyJWTError as err:
         raise AuthError("the JWT payload is not a JSON object") from err
-    if not isinstance(payload, dict):
-        raise AuthError("the JWT payload is not a JSON object")
-    return payload
+    return _json_object(decoded["payload"])
 
 
 def _verified_payload(token: str, jwk: JwkDict, alg: str, kid: str) -> dict[str, Any]:
@@ -506,18 +508,36 @@ def _verified_payload(token: str, jwk: JwkDict, alg: str, kid: str) -> dict[str,
         raise AuthError("the JWT signature does not verify") from err
     except jwt.PyJWTError as err:
         raise AuthError(f"the JWT signature cannot be checked ({type(err).__name__})") from err
-    payload = json.loads(decoded["payload"])
+    return _json_object(decoded["payload"])
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The payload as a JSON object, parsed strictly (RFC 8259).
+
+    Python's ``json`` accepts ``NaN`` and ``Infinity`` and turns ``1e400`` into infinity;
+    a NaN ``exp`` compares false with everything and so never expires. orjson refuses those,
+    numbers beyond a double, and nesting deeper than 1024, as a JSON error.
+    """
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise AuthError("the JWT payload is not a JSON object") from err
     if not isinstance(payload, dict):
         raise AuthError("the JWT payload is not a JSON object")
     return payload
 
 
 def _number_claim(payload: Mapping[str, Any], name: str) -> float:
+    """A NumericDate claim: a finite number of seconds from 1970 to the year 9999."""
     value = payload.get(name)
     if value is None:
         raise AuthError(f"the JWT has no {name} claim")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthError(f"the JWT {name} claim is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise AuthError(f"the JWT {name} claim is not a finite number")
+    if not 0 <= value <= _MAX_NUMERIC_DATE:
+        raise AuthError(f"the JWT {name} claim is out of range")
     return float(value)
 
 

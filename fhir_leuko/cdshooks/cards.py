@@ -17,7 +17,6 @@ issues): no rule is evaluated here. Three things matter beyond the spec's shapes
 from __future__ import annotations
 
 import functools
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from fhir_leuko.clinical.model import (
     Risk,
 )
 from fhir_leuko.fhirio import codes, emit
+from fhir_leuko.markdown import md
 
 JSON = dict[str, Any]
 Indicator = Literal["info", "warning", "critical"]
@@ -98,41 +98,6 @@ class SelectedDrug:
 
 
 # --- Markdown ------------------------------------------------------------------------------------
-
-#: In this order: the backslash first, then "&" before the entities that contain it. Each
-#: str.replace is a C scan, and most characters need nothing; one str.translate with a table
-#: of multi-character replacements costs ~70 ns a character (measured), ten times as much.
-_MD_REPLACEMENTS = (
-    ("\\", "\\\\"),
-    ("&", "&amp;"),
-    ("<", "&lt;"),
-    (">", "&gt;"),
-    *((c, "\\" + c) for c in "`*_{}[]()#+!|~@"),
-)
-_SCHEME = re.compile(r"(?i)\b(https?|ftp|mailto|javascript|data):")
-_WWW = re.compile(r"(?i)\bwww\.")
-
-
-def md(text: object) -> str:
-    """Text that renders as itself in GitHub-flavoured Markdown, raw HTML included.
-
-    HTML-escapes ``& < >``, backslash-escapes Markdown punctuation, and breaks URL schemes
-    and ``www.`` so nothing turns into a link; newlines become spaces so input cannot start
-    a block of its own.
-    """
-    s = " ".join(str(text).split())
-    for char, escaped in _MD_REPLACEMENTS:
-        if char in s:
-            s = s.replace(char, escaped)
-    # The regexes only where they can match: times put ":" and numbers "." in most texts.
-    if ":" in s or "." in s:
-        low = s.lower()
-        if ":" in s and ("tp" in low or "mailto" in low or "javascript" in low or "data" in low):
-            s = _SCHEME.sub(lambda m: m.group(1) + "\\:", s)
-        if "www." in low:
-            s = _WWW.sub(lambda m: m.group(0)[:-1] + "\\.", s)
-    return s
-
 
 #: For the rule sources and texts of our own rule table: a small, fixed vocabulary.
 _md_rule_text = functools.lru_cache(maxsize=512)(md)

@@ -82,6 +82,10 @@ def normalise_base(url: str) -> str | None:
         return None
     if u.scheme not in ("http", "https") or not u.host or u.userinfo or u.query or u.fragment:
         return None
+    # httpx resolves a literal "..", not "%2e%2e" (nor "..%2f"): the decoded path would step
+    # out of the allowlisted base on a server that decodes before routing.
+    if {".", ".."} & set(u.path.replace("\\", "/").split("/")):
+        return None
     default = {"http": 80, "https": 443}[u.scheme]
     port = f":{u.port}" if u.port not in (None, default) else ""
     return f"{u.scheme}://{u.host.lower()}{port}{u.path.rstrip('/')}"

@@ -8,8 +8,8 @@ this long, hand this page to the caller) and receive the result. ``FhirClient`` 
 
 Errors follow ``fhir_leuko.errors``: callers decide by type. ``TemporaryFhirServerError`` means
 "try again later" (network, timeout, 408, 429, 5xx after our own retries);
-``FatalFhirServerError`` means retrying will not help (other 4xx, not FHIR JSON, a next link to
-another origin). Messages name the interaction (``GET Observation``) and the server's
+``FatalFhirServerError`` means retrying will not help (other 4xx, not FHIR JSON, a next link
+outside the base URL). Messages name the interaction (``GET Observation``) and the server's
 OperationOutcome text, never a query string, request body, resource or token: those carry PHI
 or secrets, and messages end up in logs.
 """
@@ -440,6 +440,44 @@ def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
+def _under(url: httpx.URL, base: httpx.URL) -> bool:
+    """Whether ``url``'s path is the base path or below it, with no dot segment left.
+
+    httpx removes literal ``..`` when it joins, but not ``%2e%2e`` (or ``%2f``), which a
+    server or proxy may decode into a step up; the decoded path is checked, so those fail.
+    """
+    path = url.path
+    segments = path.replace("\\", "/").split("/")
+    if "." in segments or ".." in segments:
+        return False
+    root = base.path.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+def loggable(label: str) -> str:
+    """A request label as a route: ``GET Patient/{id}`` for ``GET Patient/123``.
+
+    Messages name the resource (the caller asked for it); a log line must not, because the
+    id of a patient or of their resources is patient data. Kept: the method, resource
+    types, ``$operations``, ``_history`` and the like; every other segment becomes ``{id}``.
+    """
+    method, _, path = label.partition(" ")
+    out: list[str] = []
+    after_type = False
+    for segment in path.split("/"):
+        keep = not after_type and (
+            _RESOURCE_TYPE.fullmatch(segment) is not None
+            or segment.startswith(("$", "_"))
+            or segment in ("[base]", "metadata", "")
+        )
+        out.append(segment if keep or segment.startswith("$") else "{id}")
+        after_type = keep and _RESOURCE_TYPE.fullmatch(segment) is not None
+    return f"{method} {'/'.join(out)}" if path else method
+
+
 def _is_idempotent_transaction(bundle: Mapping[str, Any]) -> bool:
     """True when resending the transaction cannot create anything twice.
 
@@ -592,7 +630,8 @@ class _FhirClientCore:
         return "/".join([self.base_url, *segments])
 
     def _resolve(self, url: str, what: str) -> str:
-        """An absolute URL on the FHIR server's origin, or FatalFhirServerError.
+        """An absolute URL under the FHIR base URL (same origin, path below it), or
+        FatalFhirServerError.
 
         Why the origin check: the client sends our bearer token with every request, so
         following a URL chosen by the server (a next link, a Location) to another origin would
@@ -600,6 +639,13 @@ class _FhirClientCore:
         An http link from an https base is a different origin too (it would downgrade).
         """
         resolved = self._join_base.join(url)
+        if _same_origin(resolved, self._base) and not _under(resolved, self._base):
+            # Same host, other path: another application (or tenant) on the server would get
+            # our token. Only the URL configured as the FHIR base is trusted with it.
+            raise FatalFhirServerError(
+                f"The {what} points outside the FHIR base {_shorten(self.base_url, 120)}; not "
+                f"followed, so our token is not sent there"
+            )
         if not _same_origin(resolved, self._base):
             port = f":{resolved.port}" if resolved.port else ""
             origin = _shorten(f"{resolved.scheme}://{resolved.host}{port}", 120)
@@ -706,7 +752,7 @@ class _FhirClientCore:
             retry += 1
             logger.warning(
                 "FHIR %s: %s; retry %d/%d in %.2f s",
-                call.label,
+                loggable(call.label),
                 problem.status or "no answer",
                 retry,
                 self._max_retries,
@@ -791,7 +837,7 @@ class _FhirClientCore:
         take: Callable[[Resource], bool] | None,
         max_pages: int | None,
     ) -> _Flow[None]:
-        """GET a search and follow ``Bundle.link[next]`` on the same origin.
+        """GET a search and follow ``Bundle.link[next]`` under the base URL.
 
         Each page goes to ``take`` (which returns False to stop) or, without ``take``, to the
         caller through an _Emit step. Exceeding ``max_pages`` raises instead of truncating: a

@@ -22,6 +22,7 @@ from typing import Any
 
 from fhir_leuko.clinical.model import Action, Assessment, Finding, Recommendation
 from fhir_leuko.fhirio import codes
+from fhir_leuko.markdown import md
 
 JSON = dict[str, Any]
 
@@ -119,20 +120,28 @@ def rationale(a: Assessment) -> str:
 
 def risk_assessment(a: Assessment) -> JSON:
     ident = risk_assessment_identifier(a)
-    notes = [{"text": f"Data issue: {i.message}"} for i in a.issues if i.severity != "information"]
+    # Annotation.text is FHIR markdown, rendered by EHRs with raw HTML allowed: every piece
+    # that comes from the input (names, references, messages quoting a value) goes through
+    # md(), so it renders as itself; our own words around them are written as Markdown.
+    notes = [
+        {"text": f"Data issue: {md(i.message)}"} for i in a.issues if i.severity != "information"
+    ]
     if a.medications:
         notes.append(
             {
                 "text": "Active medications known to lower white cells: "
-                + "; ".join(f"{m.name} ({m.ref}, matched by {m.matched_by})" for m in a.medications)
+                + "; ".join(
+                    f"{md(m.name)} ({md(m.ref)}, matched by {md(m.matched_by)})"
+                    for m in a.medications
+                )
             }
         )
-    notes += [{"text": f"Data handling: {d}"} for d in a.data_handling]
+    notes += [{"text": f"Data handling: {md(d)}"} for d in a.data_handling]
     if a.conditions:
         notes.append(
             {
                 "text": "Recorded conditions that can explain it: "
-                + "; ".join(f"{c.display} ({c.ref})" for c in a.conditions)
+                + "; ".join(f"{md(c.display)} ({md(c.ref)})" for c in a.conditions)
             }
         )
     ra: JSON = {

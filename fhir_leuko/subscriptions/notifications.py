@@ -161,16 +161,22 @@ def _patient_of(refs: Iterable[object]) -> str | None:
 # --------------------------------------------------------------------------- small readers
 
 
+#: Event numbers and counts are stored as signed 64-bit integers (SQLite INTEGER, SQL
+#: bigint), as FHIR's integer64 is; a count is never negative.
+INT64_MAX = 2**63 - 1
+# FHIR integer64 lexically: optional sign, ASCII digits (int() would also read "١٢" or "1_0").
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+
+
 def _int(value: object, what: str) -> int | None:
-    """Read FHIR integer-ish values with ``int(str(x))``: integer64 arrives as a JSON string."""
+    """An event number or count, 0 to 2^63 - 1, from a JSON number or string (integer64
+    arrives as a JSON string). Anything else is refused here, at the edge, with its name."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise InputError(f"{what} is not an integer")
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise InputError(f"{what} is not an integer") from None
+    text = str(value).strip() if isinstance(value, int | str) else ""
+    if isinstance(value, bool) or not _INTEGER.fullmatch(text) or not 0 <= int(text) <= INT64_MAX:
+        raise InputError(f"{what} is not an integer from 0 to {INT64_MAX}")
+    return int(text)
 
 
 def _str(value: object) -> str | None:
@@ -232,15 +238,39 @@ def _code(value: object) -> str:
     return "(not a code)"
 
 
+#: JSON nesting we accept. A FHIR resource is rarely 20 levels deep and a Bundle adds 3;
+#: the JSON encoder that digests and stores what we keep stops at 255.
+MAX_DEPTH = 100
+
+
+def _too_deep(doc: object, limit: int) -> bool:
+    """Whether ``doc`` nests objects and arrays more than ``limit`` levels (iterative)."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children: Iterable[object] = value.values() if isinstance(value, dict) else ()
+        if isinstance(value, list):
+            children = value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
 def _load(body: bytes, headers: Mapping[str, str]) -> object:
     if body.startswith(b"\xef\xbb\xbf"):
         body = body[3:]
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         if "xml" in headers.get("content-type", "").lower():
             raise InputError("XML notification bodies are not supported; use JSON") from None
         raise InputError("body is not valid JSON") from None
+    # Fewer brackets than the limit cannot nest past it: most bodies skip the walk.
+    brackets = body.count(b"{") + body.count(b"[")
+    if brackets > MAX_DEPTH and isinstance(doc, dict | list) and _too_deep(doc, MAX_DEPTH):
+        raise InputError(f"body is nested deeper than {MAX_DEPTH} levels")
+    return doc
 
 
 # --------------------------------------------------------------------------- entry point

@@ -41,6 +41,8 @@ def _serve(tmp_path: Path, *argv: str, **env: str) -> Iterator[tuple[str, Path]]
         "FHIR_LEUKO_PORT": str(port),
         "FHIR_LEUKO_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "FHIR_LEUKO_WORKER_ENABLED": "0",
+        # This checkout's fhir_leuko, whatever the environment has installed.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         **env,
     }
     with log.open("wb") as err:
@@ -117,6 +119,73 @@ def test_serve_answers_the_readme_call_and_logs_it_without_patient_data(
         assert phi not in line.group(0)
 
 
+def _forged_call(base: str) -> httpx.Response:
+    """The README's call with a hookInstance that tries to write a log line of its own."""
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    doc = json.loads(REQUEST.read_text().replace("2026-03-09", yesterday))
+    doc["hookInstance"] = "h1\n2026-01-01T00:00:00.000Z ERROR fhir_leuko.app: forged"
+    return httpx.post(
+        f"{base}/cds-services/leukopenia-patient-view", json=doc, timeout=10, trust_env=False
+    )
+
+
+def test_a_newline_in_a_hook_instance_does_not_forge_a_log_line(tmp_path: Path) -> None:
+    for base, log in _serve(tmp_path):
+        assert _forged_call(base).status_code == 200
+        lines = log.read_text().splitlines()
+        assert not any(line.startswith("2026-01-01T00:00:00.000Z") for line in lines), lines
+        assert any(
+            "hookInstance=h1\\n2026-01-01T00:00:00.000Z ERROR fhir_leuko.app: forged" in line
+            for line in lines
+        ), lines
+
+
+def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    for base, log in _serve(tmp_path, FHIR_LEUKO_LOG_FORMAT="json"):
+        assert _forged_call(base).status_code == 200
+        records = [json.loads(line) for line in log.read_text().splitlines() if line]
+        loggers = {r["logger"] for r in records}
+        assert "uvicorn.error" in loggers and "fhir_leuko.app" in loggers  # uvicorn's lines too
+        [call] = [r for r in records if r["message"].startswith("cds ")]
+        assert call["message"].startswith(
+            "cds leukopenia-patient-view hookInstance=h1\n2026-01-01T00:00:00.000Z ERROR"
+        )
+        assert call["level"] == "INFO" and call["logger"] == "fhir_leuko.cdshooks.router"
+
+
+def _raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def test_slow_and_vanishing_clients_are_cut_off_quietly(tmp_path: Path) -> None:
+    env = {"FHIR_LEUKO_HEADER_TIMEOUT_S": "1", "FHIR_LEUKO_BODY_TIMEOUT_S": "1"}
+    for base, log in _serve(tmp_path, **env):
+        port = int(base.rsplit(":", 1)[1])
+        path = b"/cds-services/leukopenia-patient-view"
+        head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        # Headers that never finish: the server closes the connection (slowloris).
+        started = time.monotonic()
+        with _raw(port, head) as slow_headers:
+            assert slow_headers.recv(1024) == b""
+        assert time.monotonic() - started < 5
+        # A body that stops arriving: 408, and the connection is closed.
+        with _raw(port, head + b"Content-Length: 100\r\n\r\n" + b'{"hook": ') as slow_body:
+            answer = b""
+            while chunk := slow_body.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"did not arrive within 1 s" in answer
+        # A client that hangs up mid-body: nothing to log above debug.
+        with _raw(port, head + b"Content-Length: 1000\r\n\r\n" + b'{"hook": "patient-'):
+            pass
+        # Everyone else is served as before.
+        assert _readme_call(base).status_code == 200
+        text = log.read_text()
+        assert "ClientDisconnect" not in text and " 500 " not in text, text[-2000:]
+
+
 def test_log_level_setting_silences_the_per_call_line(tmp_path: Path) -> None:
     for base, log in _serve(tmp_path, FHIR_LEUKO_LOG_LEVEL="warning"):
         answer = _readme_call(base)
@@ -174,6 +243,35 @@ def _run_serve(monkeypatch: pytest.MonkeyPatch, *argv: str) -> dict[str, object]
     monkeypatch.setattr(logs, "configure", logs.log_config)  # leave this process's logging be
     assert cli.main(["serve", *argv]) == 0
     return captured
+
+
+def test_serve_bounds_what_clients_can_hold_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from fhir_leuko import serving
+
+    for cls in (serving.HttpProtocol, serving.H11WithHeaderTimeout):  # restored afterwards
+        monkeypatch.setattr(cls, "header_timeout_s", cls.header_timeout_s)
+    config = tmp_path / "serve.toml"
+    config.write_text("[service]\nheader_timeout_s = 7\nlimit_concurrency = 500\n")
+    run = _run_serve(monkeypatch, "--config", str(config))
+    assert run["http"] is serving.HttpProtocol
+    assert run["timeout_keep_alive"] == 5.0
+    assert run["limit_concurrency"] == 500
+    assert run["h11_max_incomplete_event_size"] == 16 * 1024
+    assert serving.HttpProtocol.header_timeout_s == 7.0
+    # A worker process of serve --workers N sets its own deadline as it builds the app.
+    monkeypatch.setenv("FHIR_LEUKO_HEADER_TIMEOUT_S", "3")
+    monkeypatch.setenv("FHIR_LEUKO_INSECURE_DEV", "1")
+    from fhir_leuko.app import create_app_from_environment
+
+    create_app_from_environment()
+    assert serving.HttpProtocol.header_timeout_s == 3.0
+    assert serving.H11WithHeaderTimeout.header_timeout_s == 3.0
+    # Off by default: uvicorn counts slow-header connections too, so it would refuse everyone.
+    from fhir_leuko.config import ServiceSettings
+
+    assert serving.uvicorn_options(ServiceSettings())["limit_concurrency"] is None
 
 
 def test_workers_flag_reaches_the_worker_processes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -621,3 +621,99 @@ async def test_sqlite_replay_cache_is_shared_between_processes(tmp_path: Path) -
     assert await second.remember("iss|jti-1", until=1600.0)
     first.close()
     second.close()
+
+
+# --- rejected: numeric claims that compare false with everything ------------------------------
+
+
+def ehr_token_raw(payload_json: str, **headers: Any) -> str:
+    """An RS384 token over the payload text exactly as given (PyJWT would re-encode a dict)."""
+    header = {"kid": EHR_KID, "jku": EHR_JKU, **headers}
+    return jwt.PyJWS().encode(payload_json.encode(), RSA_KEY, algorithm="RS384", headers=header)
+
+
+def payload_text(**raw: str) -> str:
+    """A valid payload's JSON with some claims replaced by raw JSON text (e.g. ``NaN``)."""
+    fields = {k: json.dumps(v) for k, v in claims().items()}
+    fields.update(raw)
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"exp": "NaN"},
+        {"exp": "Infinity"},
+        {"iat": "NaN"},
+        {"iat": "-Infinity"},
+        {"nbf": "NaN"},
+        {"exp": "1e400"},
+        {"exp": "1" + "0" * 400},
+        {"exp": "1" + "0" * 5000},
+    ],
+    ids=lambda raw: f"{next(iter(raw))}={next(iter(raw.values()))[:12]}",
+)
+async def test_non_finite_or_unparseable_time_claims_are_rejected(
+    verifier: JwtVerifier, raw: dict[str, str]
+) -> None:
+    # NaN compares false with everything: exp = NaN never expired, iat = NaN escaped the
+    # lifetime cap. JSON has no NaN or Infinity; a number too large for a double is refused too.
+    token = ehr_token_raw(payload_text(**raw))
+    message = await rejected(verifier, f"Bearer {token}", SERVICE_URL)
+    assert message == "the JWT payload is not a JSON object"
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "reason"),
+    [
+        ("exp", 1e300, "is out of range"),
+        ("exp", 10**30, "is out of range"),
+        ("iat", -1, "is out of range"),
+        ("exp", 2**63, "is out of range"),
+        ("iat", True, "is not a number"),
+        ("exp", "1800000300", "is not a number"),
+        ("nbf", [1], "is not a number"),
+    ],
+)
+async def test_time_claims_outside_a_date_are_rejected(
+    verifier: JwtVerifier, claim: str, value: object, reason: str
+) -> None:
+    token = ehr_token(claims(**{claim: value}))
+    message = await rejected(verifier, f"Bearer {token}", SERVICE_URL)
+    assert message == f"the JWT {claim} claim {reason}"
+
+
+async def test_nan_claims_are_rejected_even_without_the_json_layer(clock: FakeClock) -> None:
+    verifier = JwtVerifier(policy(), clock=clock)
+    for name in ("exp", "iat", "nbf"):
+        payload = {**claims(), name: float("nan")}
+        with pytest.raises(AuthError, match=f"the JWT {name} claim is not a finite number"):
+            verifier._check_claims(payload, SERVICE_URL, kid=EHR_KID, alg="RS384")
+    await verifier.aclose()
+
+
+async def test_fractional_time_claims_are_accepted(verifier: JwtVerifier) -> None:
+    # RFC 7519 2: a NumericDate may have a fraction.
+    token = ehr_token(claims(iat=NOW + 0.25, exp=NOW + 300.5))
+    result = await verifier.verify(f"Bearer {token}", SERVICE_URL)
+    assert result.exp - result.iat == 300.25
+
+
+@pytest.mark.parametrize("part", ["header", "payload"])
+async def test_deeply_nested_token_json_is_rejected_not_a_crash(
+    verifier: JwtVerifier, part: str
+) -> None:
+    nested = "[" * 5000 + "]" * 5000
+    header = {"alg": "RS384", "typ": "JWT", "kid": EHR_KID, "jku": EHR_JKU}
+    header_text = json.dumps(header)
+    body_text = json.dumps(claims())
+    if part == "header":
+        header_text = header_text[:-1] + f', "x": {nested}}}'
+    else:
+        body_text = body_text[:-1] + f', "x": {nested}}}'
+    token = f"{b64url(header_text.encode())}.{b64url(body_text.encode())}.{b64url(b'0' * 256)}"
+    message = await rejected(verifier, f"Bearer {token}", SERVICE_URL)
+    assert message in {
+        "the Bearer token is not a well-formed JWT",
+        "the JWT payload is not a JSON object",
+    }
