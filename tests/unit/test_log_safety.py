@@ -200,7 +200,13 @@ def fhir_server(ids: dict[str, str]) -> Iterator[respx.MockRouter]:
         )
         router.get(f"/Observation/{oid}").respond(json=observation)
         router.get("/Observation").respond(json=searchset(*draw))
-        for kind in ("MedicationRequest", "Condition", "ServiceRequest", "RiskAssessment"):
+        for kind in (
+            "DiagnosticReport",
+            "MedicationRequest",
+            "Condition",
+            "ServiceRequest",
+            "RiskAssessment",
+        ):
             router.get(f"/{kind}").respond(json=searchset())
         router.post("").mock(side_effect=transaction_response)
         yield router
