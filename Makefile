@@ -20,9 +20,11 @@ $(DEPS): pyproject.toml | $(BIN)/python
 serve: $(DEPS)
 	$(BIN)/fhir-leuko serve
 
-## test: install everything (Python test extras, the local FHIR server from npm) and run all tests
+## test: install everything (Python test extras, the local FHIR server from npm, PostgreSQL from
+## Debian's package when no initdb is found) and run all tests
 test: $(DEPS)
 	@if [ -x $(NODE_SERVER)/install.sh ]; then $(NODE_SERVER)/install.sh; fi
+	tests/postgres/install.sh
 	$(BIN)/python -m pytest
 
 lint: $(DEPS)
