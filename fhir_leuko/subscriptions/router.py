@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import AuthError, ConfigError, InputError
+from fhir_leuko.storage import StorageError
 from fhir_leuko.subscriptions.notifications import (
     Notification,
     check_hmac,
@@ -306,8 +306,8 @@ def build_router(
                     gap_grace_s=settings.service.gap_grace_s,
                 )
             )
-        except sqlite3.Error as err:
-            logger.error("notification to %s not stored: %s", name, type(err).__name__)
+        except StorageError as err:
+            logger.error("notification to %s not stored: %s", name, err)
             return _outcome(503, "transient", "the notification could not be stored; resend")
         logger.info(
             "notification %s/%s to %s: %d new, %d duplicate, %d ignored%s",

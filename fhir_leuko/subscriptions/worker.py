@@ -244,14 +244,17 @@ def enqueue_gap(queue: Queue, endpoint: str, sub_key: str, through: int, due: fl
     )
 
 
-def open_queue(settings: Settings) -> Queue:
-    """The queue as configured (``service.queue_db``, retry policy)."""
+def open_queue(settings: Settings, *, pool_size: int = 4) -> Queue:
+    """The queue as configured (``service.database_url`` else ``service.queue_db``, retry
+    policy)."""
     svc = settings.service
     return Queue(
-        svc.queue_db,
+        svc.database_url or svc.queue_db,
         backoff_base_s=svc.worker_backoff_s,
         backoff_cap_s=svc.worker_backoff_cap_s,
         max_attempts=svc.worker_max_attempts,
+        busy_timeout_s=svc.db_timeout_s,
+        pool_size=pool_size,
     )
 
 
