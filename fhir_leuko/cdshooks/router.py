@@ -48,6 +48,7 @@ from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, InputError
 from fhir_leuko.fhirio.client import AsyncFhirClient
 from fhir_leuko.fhirio.ingest import match_medication
+from fhir_leuko.metrics import CheckedRouter
 from fhir_leuko.service import evaluate
 
 JSON = dict[str, Any]
@@ -313,7 +314,11 @@ def build_router(settings: Settings) -> APIRouter:
         finally:
             await state.aclose()
 
-    router = APIRouter(lifespan=lifespan, tags=["CDS Hooks 2.0"])
+    router = CheckedRouter(lifespan=lifespan, tags=["CDS Hooks 2.0"])
+    if replay is not None:
+        router.ops.readiness["replay_cache"] = lambda: replay.ping()
+    if svc.database_url:
+        router.ops.readiness["feedback"] = lambda: state.feedback_store().ping()
 
     @router.get(
         SERVICES_PATH,

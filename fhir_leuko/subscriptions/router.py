@@ -38,6 +38,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import AuthError, ConfigError, InputError
+from fhir_leuko.metrics import NOTIFICATIONS, CheckedRouter, QueueCollector
 from fhir_leuko.storage import StorageError
 from fhir_leuko.subscriptions.notifications import (
     Notification,
@@ -232,6 +233,28 @@ class _State:
             self.queue.close()
             self.queue = None
 
+    # Readiness (GET /readyz) and scrape-time metrics; called from worker threads.
+
+    def check_queue(self) -> str | None:
+        """The database answers and the backlog is under ``readyz_max_queue_depth``."""
+        queue = self.get_queue()
+        queue.ping()
+        due = queue.due_count()
+        bound = self.settings.service.readyz_max_queue_depth
+        if due > bound:
+            return f"{due} queued jobs are due, more than readyz_max_queue_depth ({bound})"
+        return None
+
+    def check_worker(self) -> str | None:
+        worker = self.worker
+        if worker is None or worker.alive < worker.concurrency:
+            alive = 0 if worker is None else worker.alive
+            return f"the notification worker is not running ({alive} threads alive)"
+        return None
+
+    def workers_alive(self) -> int:
+        return 0 if self.worker is None else self.worker.alive
+
 
 def build_router(
     settings: Settings,
@@ -260,7 +283,18 @@ def build_router(
         finally:
             state.close()
 
-    router = APIRouter(lifespan=lifespan, tags=["subscriptions"])
+    router = CheckedRouter(lifespan=lifespan, tags=["subscriptions"])
+    if settings.endpoints:
+        router.ops.readiness["queue"] = state.check_queue
+        if settings.service.worker_enabled:
+            router.ops.readiness["worker"] = state.check_worker
+        router.ops.collectors.append(
+            QueueCollector(
+                lambda: state.get_queue().stats(),
+                lambda: state.get_queue().due_count(),
+                state.workers_alive,
+            )
+        )
 
     async def notify(request: Request, name: str, rest: str = "") -> Response:
         endpoint = settings.endpoints.get(name)
@@ -294,6 +328,7 @@ def build_router(
         except InputError as err:
             logger.warning("notification to %s not understood: %s", name, err)
             return _outcome(400, "structure", str(err))
+        request.state.notification_shape = notification.shape
 
         queue = state.get_queue()
         try:
@@ -321,11 +356,17 @@ def build_router(
         )
         return Response(status_code=204)
 
+    async def counted(request: Request, name: str, rest: str = "") -> Response:
+        response = await notify(request, name, rest)
+        shape = getattr(request.state, "notification_shape", "unknown")
+        NOTIFICATIONS.labels(shape=shape, answer=str(response.status_code)).inc()
+        return response
+
     async def notify_root(request: Request, name: str) -> Response:
-        return await notify(request, name)
+        return await counted(request, name)
 
     async def notify_below(request: Request, name: str, rest: str) -> Response:
-        return await notify(request, name, rest)
+        return await counted(request, name, rest)
 
     # One route per path serves all three methods, so a 405 names them all in Allow. OpenAPI
     # wants one operationId per method, which a multi-method route cannot give: the schema is
