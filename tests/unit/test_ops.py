@@ -207,3 +207,18 @@ def test_readyz_follows_the_database_and_the_worker(tmp_path: Path) -> None:
             assert r.json()["checks"]["worker"] == "ok"
     finally:
         server.destroy()
+
+
+def test_the_database_password_never_leaves_the_configuration() -> None:
+    from fhir_leuko.config import load_settings, redact_url
+
+    url = "postgresql://fhir_leuko:s3cr3t-pw@db.internal:5432/fhir_leuko?sslmode=require"
+    settings = load_settings(env={"FHIR_LEUKO_DATABASE_URL": url})
+    assert settings.service.database_url == url
+    audited = settings.audit()["service"]["database_url"]
+    assert "s3cr3t-pw" not in audited
+    assert audited == "postgresql://fhir_leuko:***@db.internal:5432/fhir_leuko?sslmode=require"
+    assert (
+        redact_url("postgresql://db.internal/fhir_leuko") == "postgresql://db.internal/fhir_leuko"
+    )
+    assert settings.origins["service.database_url"] == "environment"
