@@ -1,7 +1,7 @@
 """Two ``fhir-leuko serve`` replicas sharing one PostgreSQL database, driven as a FHIR server and
 an EHR would drive them.
 
-- Notifications about new CBCs of eight patients are sent to both replicas (each one twice:
+- Notifications about new CBCs of ten patients are sent to both replicas (each one twice:
   once to each replica, as a server retrying through a load balancer would), while the FHIR
   server answers slowly so jobs are in flight; one replica is killed with SIGKILL while it
   holds jobs. The other takes over the leases when they expire. Every patient ends up with
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = "https://cds.example.org"  # both replicas behind one public name
 ISS = "https://ehr.example.org/fhir"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-PATIENTS = [f"pt-replica-{i}" for i in range(8)]
+PATIENTS = [f"pt-replica-{i}" for i in range(10)]
 
 
 @contextmanager
@@ -151,9 +151,10 @@ def test_two_replicas_share_the_work_survive_a_kill_and_write_each_result_once(
             _, anc = e2e.seed_cbc(fhir, patient, wbc=2.3, anc=0.6)
             results.append(anc)
 
-        # Every FHIR request takes 0.1 s more: an evaluation holds its lease about a second.
+        # Every FHIR request takes 0.25 s more: an evaluation holds its lease about half a second
+        # (its reads run at once, then the write-back).
         with (
-            e2e.switchable_proxy(fresh_fhir_server, delay_s=0.1) as (slow_base, _),
+            e2e.switchable_proxy(fresh_fhir_server, delay_s=0.25) as (slow_base, _),
             replica(tmp_path, "a", pg_url, slow_base) as (a, proc_a),
             replica(tmp_path, "b", pg_url, slow_base) as (b, _proc_b),
         ):

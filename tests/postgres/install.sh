@@ -8,8 +8,9 @@ for initdb in /usr/lib/postgresql/*/bin/initdb; do
     fi
 done
 if [ "$(id -u)" -ne 0 ]; then
-    echo "PostgreSQL is not installed; run as root or: apt-get install -y postgresql" >&2
-    exit 1
+    # Not fatal: the PostgreSQL tests then skip, saying why.
+    echo "PostgreSQL is not installed and this is not root: apt-get install -y postgresql" >&2
+    exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
