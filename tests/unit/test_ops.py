@@ -222,3 +222,23 @@ def test_the_database_password_never_leaves_the_configuration() -> None:
         redact_url("postgresql://db.internal/fhir_leuko") == "postgresql://db.internal/fhir_leuko"
     )
     assert settings.origins["service.database_url"] == "environment"
+
+
+def test_fhir_server_errors_seen_by_a_cds_call_are_counted_by_status(tmp_path: Path) -> None:
+    import respx
+
+    r4 = "https://fhir.example.org/r4"
+    settings = settings_for(tmp_path, fhir_server_allowlist=(r4,))
+    call = pv_call()
+    prefetch = dict(call["prefetch"])  # type: ignore[call-overload]
+    prefetch["medications"] = "omit"
+    call["prefetch"] = {k: v for k, v in prefetch.items() if v != "omit"}
+    call["fhirServer"] = r4
+    with respx.mock(base_url=r4) as fhir, TestClient(create_app(settings)) as c:
+        fhir.get("/MedicationRequest").respond(status_code=500, json={})
+        before = samples(c)
+        r = c.post(PV, json=call)
+        assert r.status_code == 200, r.text  # the missing medications are a data issue
+        after = samples(c)
+    key = ("fhir_leuko_fhir_server_errors_total", frozenset({("status", "500"), ("source", "cds")}))
+    assert after[key] - before.get(key, 0.0) == 1
