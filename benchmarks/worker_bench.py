@@ -198,6 +198,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds(pg: PgServer | None) -> float:
+    """CPU time of the cluster: its postmaster and the processes it started (the backends
+    serving the workers' pooled connections live through a case)."""
+    if pg is None:
+        return 0.0
+    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        if pid == postmaster or int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run_case(
     label: str,
     database: str,
@@ -205,6 +223,7 @@ def run_case(
     counter: Path,
     *,
     stub_pid: int,
+    pg: PgServer | None = None,
     processes: int,
     jobs: int,
     concurrency: int,
@@ -246,6 +265,7 @@ def run_case(
                 while time.time() < due:
                     time.sleep(0.001)
                 cpu_before = [cpu_seconds(w.pid) for w in workers] + [cpu_seconds(stub_pid)]
+                pg_before = postgres_cpu_seconds(pg)
                 started = time.perf_counter()
                 while True:
                     stats = queue.stats()
@@ -254,6 +274,7 @@ def run_case(
                     time.sleep(0.02)
                 elapsed = time.perf_counter() - started
                 cpu_after = [cpu_seconds(w.pid) for w in workers] + [cpu_seconds(stub_pid)]
+                pg_cpu = postgres_cpu_seconds(pg) - pg_before
                 dead = stats["dead"]
         finally:
             for w in workers:
@@ -269,6 +290,7 @@ def run_case(
         f"{elapsed:6.2f} s  {rate:7.1f} write-backs/s  ({written} transactions, {dead} dead)"
         f"  CPU per job: workers {1000 * worker_cpu / jobs:.1f} ms, stub"
         f" {1000 * stub_cpu / jobs:.1f} ms"
+        + (f", PostgreSQL {1000 * pg_cpu / jobs:.1f} ms" if pg is not None else "")
     )
     if written != jobs or dead:
         raise SystemExit(f"{label}: {written} write-backs for {jobs} jobs, {dead} dead")
@@ -340,6 +362,7 @@ def main() -> None:
                 fhir_base,
                 counter,
                 stub_pid=stub.pid,
+                pg=pg,
                 processes=1,
                 jobs=args.jobs,
                 concurrency=args.concurrency,
@@ -350,6 +373,7 @@ def main() -> None:
                 fhir_base,
                 counter,
                 stub_pid=stub.pid,
+                pg=pg,
                 processes=3,
                 jobs=3 * args.jobs,
                 concurrency=args.concurrency,
