@@ -1,7 +1,7 @@
 """A locked SQLite file must not freeze the server: the blocked call answers 503, others go on.
 
-Feedback and the shared JWT replay cache write to SQLite files. Those writes run in worker
-threads, so while another process holds an exclusive lock on a file, ``/healthz``, discovery
+Feedback, the shared JWT replay cache and the notification queue write to SQLite files. Those
+writes run in worker threads, so while another process holds an exclusive lock on a file, ``/healthz``, discovery
 and CDS calls that do not need the file answer at once, and the call that does waits at most
 ``service.db_timeout_s`` and answers 503 (the client retries). The proof of "at once" is
 ordering, not a stopwatch: the other calls return while the blocked call is still waiting.
@@ -111,3 +111,38 @@ def test_a_locked_replay_cache_is_a_503_that_does_not_use_up_the_token(tmp_path:
         # The token was not judged, so the client's retry with it is served, once.
         assert client.post(PV, json=pv_request(), headers=bearer(token)).status_code == 200
         assert client.post(PV, json=pv_request(), headers=bearer(token)).status_code == 401
+
+
+def test_a_locked_queue_file_is_a_503_so_the_server_resends(tmp_path: Path) -> None:
+    import dataclasses
+
+    from fhir_leuko.config import SubscriptionEndpoint
+
+    settings = make_settings(
+        tmp_path,
+        insecure_dev=True,
+        queue_db=str(tmp_path / "queue.sqlite3"),
+        worker_enabled=False,
+        db_timeout_s=TIMEOUT_S,
+    )
+    settings = dataclasses.replace(
+        settings,
+        endpoints={
+            "hapi": SubscriptionEndpoint(
+                fhir_base="https://hapi.example.org/fhir", header_value="Bearer tok-7Qx"
+            )
+        },
+    )
+    ping = {"Authorization": "Bearer tok-7Qx"}
+    with TestClient(create_app(settings)) as client:
+        with exclusive_lock(tmp_path / "queue.sqlite3"):
+            blocked = Background(client, "POST", "/notify/hapi", headers=ping)
+            time.sleep(0.3)
+            assert blocked.waiting
+            assert client.get("/healthz").status_code == 200
+            assert client.post(PV, json=pv_request()).status_code == 200
+            assert blocked.waiting, "the other calls waited for the locked file"
+            response = blocked.join()
+        assert response.status_code == 503
+        assert response.json()["issue"][0]["code"] == "transient"
+        assert client.post("/notify/hapi", headers=ping).status_code == 204  # the resend
