@@ -1,10 +1,11 @@
 """A locked SQLite file must not freeze the server: the blocked call answers 503, others go on.
 
 Feedback, the shared JWT replay cache and the notification queue write to SQLite files. Those
-writes run in worker threads, so while another process holds an exclusive lock on a file, ``/healthz``, discovery
-and CDS calls that do not need the file answer at once, and the call that does waits at most
-``service.db_timeout_s`` and answers 503 (the client retries). The proof of "at once" is
-ordering, not a stopwatch: the other calls return while the blocked call is still waiting.
+writes run in worker threads, so while another process holds an exclusive lock on a file,
+``/healthz``, discovery and CDS calls that do not need the file answer at once, and the call
+that does waits at most ``service.db_timeout_s`` and answers 503 (the client retries). The
+proof of "at once" is ordering, not a stopwatch: the other calls return while the blocked call
+is still waiting.
 """
 
 from __future__ import annotations
