@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
 NODE_SERVER := tests/integration/fhirserver
 
-.PHONY: serve test lint typecheck bench bench-http clean
+.PHONY: serve test lint typecheck bench bench-http bench-worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,11 @@ $(DEPS): pyproject.toml | $(BIN)/python
 serve: $(DEPS)
 	$(BIN)/fhir-leuko serve
 
-## test: install everything (Python test extras, the local FHIR server from npm) and run all tests
+## test: install everything (Python test extras, the local FHIR server from npm, PostgreSQL from
+## Debian's package when no initdb is found) and run all tests
 test: $(DEPS)
 	@if [ -x $(NODE_SERVER)/install.sh ]; then $(NODE_SERVER)/install.sh; fi
+	tests/postgres/install.sh
 	$(BIN)/python -m pytest
 
 lint: $(DEPS)
@@ -38,6 +40,11 @@ bench: $(DEPS)
 ## bench-http: CDS Hooks latency and throughput against uvicorn on loopback
 bench-http: $(DEPS)
 	$(BIN)/python benchmarks/http_bench.py
+
+## bench-worker: notification write-backs per second, one process and three replicas on PostgreSQL
+bench-worker: $(DEPS)
+	tests/postgres/install.sh
+	$(BIN)/python benchmarks/worker_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, error shapes, body limit, CORS, health.
+"""The FastAPI application: routers, error shapes, body limit, CORS, health, metrics.
 
 ``create_app(settings)`` serves every router in :data:`ROUTER_BUILDERS`. To serve another
 part of fhir-leuko (for example the Subscription notification endpoints), add its
@@ -18,23 +18,27 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_leuko import __version__
+from fhir_leuko import __version__, metrics
 from fhir_leuko.cdshooks import models
 from fhir_leuko.cdshooks import router as cdshooks_router
+from fhir_leuko.cdshooks.services import SERVICES
 from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, FhirServerError, InputError, LeukoError
 from fhir_leuko.subscriptions import router as subscriptions_router
@@ -67,6 +71,7 @@ _CODE_FOR_STATUS = {
     412: "incomplete",
     413: "too-long",
     415: "not-supported",
+    503: "transient",
 }
 
 
@@ -101,11 +106,14 @@ async def _leuko_error(request: Request, exc: Exception) -> Response:
     status = int(getattr(exc, "http_status", status))
     code = _CODE_FOR_STATUS.get(status, code)
     if isinstance(exc, AuthError):
+        metrics.JWT_REJECTIONS.labels(reason=metrics.jwt_rejection_reason(str(exc))).inc()
         # The reason names the failed check and quoted iss/jti, never the token.
         logger.warning("401 on %s %s: %s", request.method, route_template(request.scope), exc)
         return outcome_response(
             401, "login", "Authentication failed", headers={"WWW-Authenticate": "Bearer"}
         )
+    if isinstance(exc, FhirServerError):
+        metrics.fhir_error(getattr(exc, "status", None), "cds")
     if status >= 500:
         logger.error(
             "%d on %s %s: %s",
@@ -237,6 +245,41 @@ class Guard:
                 await response(scope, receive, send)
 
 
+class CdsMetrics:
+    """Counts and times every CDS Hooks call by service, endpoint and final status (pure ASGI:
+    it sees the status the error handlers chose). Other paths pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith(cdshooks_router.SERVICES_PATH) or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        parts = path[len(cdshooks_router.SERVICES_PATH) :].strip("/").split("/")
+        if parts == [""]:
+            service, endpoint = "-", "discovery"
+        else:
+            # Only ids we serve become label values: anything else is one "unknown" series.
+            service = parts[0] if parts[0] in SERVICES else "unknown"
+            endpoint = "feedback" if parts[1:] == ["feedback"] else "hook"
+        status = 500
+        started = time.perf_counter()
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            metrics.CDS_REQUESTS.labels(service, endpoint, str(status)).inc()
+            metrics.CDS_LATENCY.labels(service, endpoint).observe(time.perf_counter() - started)
+
+
 _gc_tuned = False
 
 
@@ -285,8 +328,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    readiness: dict[str, metrics.ReadinessCheck] = {}
+    collectors: list[Collector] = []
     for build in routers:
-        app.include_router(build(settings))
+        router = build(settings)
+        if isinstance(router, metrics.CheckedRouter):
+            readiness.update(router.ops.readiness)
+            collectors.extend(router.ops.collectors)
+        app.include_router(router)
 
     @app.get(
         "/healthz",
@@ -297,6 +346,40 @@ def create_app(
     async def healthz() -> Response:
         """Liveness only; needs no JWT and touches no data."""
         return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=None,
+        responses={
+            200: {"description": "Ready: database reachable, worker alive, queue not backed up"},
+            503: {"description": "Not ready; the body names the failing checks"},
+        },
+    )
+    async def readyz() -> Response:
+        """Readiness for a load balancer: every check of the configured parts passes."""
+        results = await anyio.to_thread.run_sync(_run_checks, readiness)
+        ready = all(v == "ok" for v in results.values())
+        body = {"status": "ready" if ready else "not ready", "checks": results}
+        return Response(
+            orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_model=None,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def prometheus_metrics() -> Response:
+        """Counters, histograms and queue gauges; no patient data or ids in any label."""
+        body = await anyio.to_thread.run_sync(metrics.exposition, collectors)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     handlers: tuple[
         tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]], ...
@@ -311,6 +394,7 @@ def create_app(
     # Added last = outermost: CORS answers preflights before the body limit or any route,
     # and without a JWT, as browsers (the public sandbox) send none on OPTIONS.
     app.add_middleware(Guard, limit=svc.max_body_bytes, body_timeout=svc.body_timeout_s)
+    app.add_middleware(CdsMetrics)
     if svc.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -335,6 +419,19 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _run_checks(checks: Mapping[str, metrics.ReadinessCheck]) -> dict[str, str]:
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            problem = check()
+        except LeukoError as err:
+            problem = str(err)
+        except Exception as err:  # a check must answer, not raise: say only the type
+            problem = f"check failed ({type(err).__name__})"
+        results[name] = "ok" if problem is None else problem
+    return results
 
 
 def create_app_from_environment() -> FastAPI:

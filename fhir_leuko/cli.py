@@ -216,6 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["FHIR_LEUKO_HOST"] = host
         os.environ["FHIR_LEUKO_PORT"] = str(port)
         os.environ["FHIR_LEUKO_PUBLIC_BASE_URL"] = svc.public_base_url
+        _metrics_directory()
         create_app(settings)  # fail here, once, on a bad configuration
         uvicorn.run(
             "fhir_leuko.app:create_app_from_environment", factory=True, workers=workers, **common
@@ -223,6 +224,24 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     uvicorn.run(create_app(settings), **common)
     return 0
+
+
+def _metrics_directory() -> None:
+    """Prometheus multiprocess mode for ``--workers N``: each process writes its samples to
+    files in one directory and ``/metrics`` sums them, whichever process answers. Set before
+    the processes start (they read it when they import prometheus_client); an operator's own
+    ``PROMETHEUS_MULTIPROC_DIR`` is emptied of the last run's files, a fresh one is made
+    otherwise."""
+    import tempfile
+
+    from fhir_leuko.metrics import MULTIPROC_ENV
+
+    existing = os.environ.get(MULTIPROC_ENV)
+    if existing:
+        for stale in Path(existing).glob("*.db"):
+            stale.unlink(missing_ok=True)
+    else:
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="fhir-leuko-metrics-")
 
 
 TOKEN_ENV = "FHIR_LEUKO_FHIR_TOKEN"

@@ -127,6 +127,18 @@ class ServiceSettings:
     gap_grace_s: float = 30.0  # wait this long for a missing event number before searching
     catchup_lookback_s: float = 86400.0
     queue_keep_done_days: float = 14.0  # dedupe memory; beyond any server's retry horizon
+    # Shared state (notification queue, JWT replay cache, feedback) in one PostgreSQL database,
+    # so replicas on several hosts work as one service: postgresql://user:pass@host:5432/db.
+    # It holds a password: set it in the environment (FHIR_LEUKO_DATABASE_URL). Unset: the
+    # SQLite files above (queue_db, replay_db, feedback_db), for one machine only.
+    database_url: str = ""
+    # How long a call waits for a locked SQLite file or a free database connection before it
+    # answers 503 (the caller retries); the event loop never waits on the database.
+    db_timeout_s: float = 5.0
+    # Notification jobs in flight per server process (never two of one patient at once).
+    worker_concurrency: int = 4
+    # GET /readyz answers 503 when more queued jobs than this are due (the worker is behind).
+    readyz_max_queue_depth: int = 1000
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,10 @@ class Settings:
         """Effective settings, secrets redacted, with the origin of every non-default value."""
         return {
             "thresholds": dataclasses.asdict(self.thresholds),
-            "service": dataclasses.asdict(self.service),
+            "service": {
+                **dataclasses.asdict(self.service),
+                "database_url": redact_url(self.service.database_url),
+            },
             "issuers": {k: dataclasses.asdict(v) for k, v in self.issuers.items()},
             "endpoints": {
                 k: {
@@ -158,6 +173,15 @@ class Settings:
 
 def _redact(v: str | None) -> str | None:
     return None if v is None else "***"
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced by ``***`` (for audits and logs)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _coerce(name: str, default: Any, raw: Any, where: str) -> Any:

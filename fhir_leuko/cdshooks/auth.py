@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
 import httpx
 import jwt
 import orjson
 
 from fhir_leuko.errors import AuthError, ConfigError
+from fhir_leuko.storage import Database, Migrations, open_database
 
 JwkDict = dict[str, Any]
 
@@ -131,37 +132,76 @@ class ReplayCache(Protocol):
         ...
 
 
-class SqliteReplayCache:
-    """Replay cache shared by every server process on one machine (``serve --workers N``).
+_REPLAY_SQLITE = (
+    "CREATE TABLE IF NOT EXISTS seen_jti (key TEXT PRIMARY KEY, until REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS seen_jti_until ON seen_jti (until)",
+)
+_REPLAY_POSTGRES = (
+    "CREATE TABLE IF NOT EXISTS seen_jti (key TEXT PRIMARY KEY, until DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS seen_jti_until ON seen_jti (until)",
+)
+REPLAY_MIGRATIONS: Migrations = {"sqlite": (_REPLAY_SQLITE,), "postgresql": (_REPLAY_POSTGRES,)}
 
-    A per-process cache would let a token replayed to another worker through. SQLite's
-    primary key makes "first time seen" atomic across processes; expired entries are purged
-    as new ones arrive.
+
+class DatabaseReplayCache:
+    """Replay cache shared by every server process (``serve --workers N``) and, on
+    PostgreSQL (``service.database_url``), by every replica on every host.
+
+    A per-process cache would let a token replayed to another process through. The primary
+    key makes "first time seen" atomic across processes and hosts; expired entries are purged
+    as new ones arrive. The database work runs in a worker thread, so a locked file or a slow
+    database never blocks the event loop; one that stays unavailable raises `StorageError`
+    (503: the token was not judged), never a verdict on the token.
     """
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
-        self._path = path
+    def __init__(
+        self,
+        target: str | Database,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
         self._clock = clock
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS seen_jti (key TEXT PRIMARY KEY, until REAL NOT NULL)"
-        )
+        if isinstance(target, str):
+            self.database: Database = open_database(
+                target, busy_timeout_s=busy_timeout_s, pool_size=4
+            )
+            self._owns_database = True
+        else:
+            self.database = target
+            self._owns_database = False
+        try:
+            self.database.migrate("replay", REPLAY_MIGRATIONS)
+        except BaseException:
+            self.close()
+            raise
 
     async def remember(self, key: str, until: float) -> bool:
         """Remember ``key`` until ``until``; False if any process already remembered it."""
-        with self._lock:
-            now = self._clock()
-            self._db.execute("DELETE FROM seen_jti WHERE until <= ?", (now,))
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO seen_jti (key, until) VALUES (?, ?)", (key, until)
+        return await anyio.to_thread.run_sync(self.remember_now, key, until)
+
+    def remember_now(self, key: str, until: float) -> bool:
+        """`remember` for synchronous callers (it blocks on the database)."""
+        now = self._clock()
+        with self.database.transaction() as db:
+            db.execute("DELETE FROM seen_jti WHERE until <= ?", (now,))
+            cur = db.execute(
+                "INSERT INTO seen_jti (key, until) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (key, until),
             )
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
+
+    def ping(self) -> None:
+        """Raise `StorageError` unless the database answers."""
+        self.database.ping()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns_database:
+            self.database.close()
+
+
+#: The name from before PostgreSQL; a file path still opens SQLite.
+SqliteReplayCache = DatabaseReplayCache
 
 
 class InMemoryReplayCache:

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from fhir_leuko import metrics
 from fhir_leuko.cdshooks.services import PrefetchQuery, ServiceDefinition
 from fhir_leuko.clinical.model import DataIssue
 from fhir_leuko.errors import FhirServerError, InputError, LeukoError
@@ -282,6 +283,7 @@ async def _run_all(
         try:
             return await job(client)
         except FhirServerError as err:
+            metrics.fhir_error(getattr(err, "status", None), "cds")
             return str(err)
         except InputError as err:
             return f"the server's answer was not usable FHIR ({err})"

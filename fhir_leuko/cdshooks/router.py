@@ -14,32 +14,41 @@ validation names the failing field precisely. The OpenAPI schema still describes
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
+import anyio
 import httpx
 import orjson
 from fastapi import APIRouter, FastAPI, Path, Request, Response
 
 from fhir_leuko.cdshooks import models as m
-from fhir_leuko.cdshooks.auth import Claims, IssuerTrust, JwtPolicy, JwtVerifier, SqliteReplayCache
+from fhir_leuko.cdshooks.auth import (
+    Claims,
+    DatabaseReplayCache,
+    IssuerTrust,
+    JwtPolicy,
+    JwtVerifier,
+)
 from fhir_leuko.cdshooks.cards import (
     SelectedDrug,
     medication_check_response,
     patient_view_response,
 )
-from fhir_leuko.cdshooks.feedback import FeedbackStore, parse_feedback
+from fhir_leuko.cdshooks.feedback import Feedback, FeedbackStore, parse_feedback
 from fhir_leuko.cdshooks.fetch import FetchPolicy, Gathered, gather
 from fhir_leuko.cdshooks.services import MEDICATION_CHECK, PATIENT_VIEW, SERVICES, discovery
 from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, InputError
 from fhir_leuko.fhirio.client import AsyncFhirClient
 from fhir_leuko.fhirio.ingest import match_medication
+from fhir_leuko.metrics import CheckedRouter
 from fhir_leuko.service import evaluate
 
 JSON = dict[str, Any]
@@ -106,6 +115,8 @@ class _State:
     policy: FetchPolicy
     base: str  # public base URL, no trailing slash
     discovery_body: bytes
+    replay: DatabaseReplayCache | None = None
+    store_lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def authenticate(self, request: Request, path: str) -> Claims | None:
         """Verify the client's JWT for the endpoint at ``path`` (its public URL is ``aud``)."""
@@ -120,9 +131,17 @@ class _State:
         return claims
 
     def feedback_store(self) -> FeedbackStore:
-        if self.store is None:
-            self.store = FeedbackStore(self.settings.service.feedback_db)
-        return self.store
+        """Opened on first use (blocking: call it from a worker thread)."""
+        with self.store_lock:
+            if self.store is None:
+                svc = self.settings.service
+                self.store = FeedbackStore(
+                    svc.database_url or svc.feedback_db, busy_timeout_s=svc.db_timeout_s
+                )
+            return self.store
+
+    def record_feedback(self, service_id: str, items: list[Feedback]) -> int:
+        return self.feedback_store().record(service_id, items)
 
     def fhir_client(self, base_url: str, token: str | None) -> AsyncFhirClient:
         if self.http is None:
@@ -146,6 +165,8 @@ class _State:
             await self.http.aclose()
         if self.store is not None:
             self.store.close()
+        if self.replay is not None:
+            self.replay.close()
 
 
 def utc_now() -> datetime:
@@ -259,9 +280,14 @@ def build_router(settings: Settings) -> APIRouter:
     """The CDS Hooks endpoints for ``settings``; resources opened here close with the app."""
     svc = settings.service
     policy = None if svc.insecure_dev else jwt_policy(settings)
-    # Several server processes must share one replay cache, or a replayed token could reach
-    # a process that has not seen its jti.
-    replay = SqliteReplayCache(svc.replay_db) if policy is not None and svc.workers > 1 else None
+    # Several server processes (or replicas) must share one replay cache, or a replayed token
+    # could reach a process that has not seen its jti.
+    shared = svc.workers > 1 or bool(svc.database_url)
+    replay = (
+        DatabaseReplayCache(svc.database_url or svc.replay_db, busy_timeout_s=svc.db_timeout_s)
+        if policy is not None and shared
+        else None
+    )
     verifier = None if policy is None else JwtVerifier(policy, replay_cache=replay)
     if policy is None and not svc.insecure_dev:
         logger.warning(
@@ -278,6 +304,7 @@ def build_router(settings: Settings) -> APIRouter:
         policy=FetchPolicy(allowlist=svc.fhir_server_allowlist, timeout_s=svc.fetch_timeout_s),
         base=svc.public_base_url.rstrip("/"),
         discovery_body=orjson.dumps(m.wire(m.Discovery.model_validate(discovery()))),
+        replay=replay,
     )
 
     @asynccontextmanager
@@ -287,7 +314,11 @@ def build_router(settings: Settings) -> APIRouter:
         finally:
             await state.aclose()
 
-    router = APIRouter(lifespan=lifespan, tags=["CDS Hooks 2.0"])
+    router = CheckedRouter(lifespan=lifespan, tags=["CDS Hooks 2.0"])
+    if replay is not None:
+        router.ops.readiness["replay_cache"] = lambda: replay.ping()
+    if svc.database_url:
+        router.ops.readiness["feedback"] = lambda: state.feedback_store().ping()
 
     @router.get(
         SERVICES_PATH,
@@ -384,7 +415,9 @@ def build_router(settings: Settings) -> APIRouter:
         if service_id not in SERVICES:
             raise UnknownService(f"no CDS service {service_id!r:.80}")
         items = parse_feedback(await _json_body(request))
-        added = state.feedback_store().record(service_id, items)
+        # In a worker thread: a locked file or a slow database must not stall the event loop
+        # (every other call waits on it); past service.db_timeout_s it is a 503.
+        added = await anyio.to_thread.run_sync(state.record_feedback, service_id, items)
         # Counts only: a userComment is free text and may hold PHI.
         logger.info("cds feedback %s: %d item(s), %d new", service_id, len(items), added)
         return Response(status_code=200)

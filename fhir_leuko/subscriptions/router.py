@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +38,8 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import AuthError, ConfigError, InputError
+from fhir_leuko.metrics import NOTIFICATIONS, CheckedRouter, QueueCollector
+from fhir_leuko.storage import StorageError
 from fhir_leuko.subscriptions.notifications import (
     Notification,
     check_hmac,
@@ -232,6 +233,28 @@ class _State:
             self.queue.close()
             self.queue = None
 
+    # Readiness (GET /readyz) and scrape-time metrics; called from worker threads.
+
+    def check_queue(self) -> str | None:
+        """The database answers and the backlog is under ``readyz_max_queue_depth``."""
+        queue = self.get_queue()
+        queue.ping()
+        due = queue.due_count()
+        bound = self.settings.service.readyz_max_queue_depth
+        if due > bound:
+            return f"{due} queued jobs are due, more than readyz_max_queue_depth ({bound})"
+        return None
+
+    def check_worker(self) -> str | None:
+        worker = self.worker
+        if worker is None or worker.alive < worker.concurrency:
+            alive = 0 if worker is None else worker.alive
+            return f"the notification worker is not running ({alive} threads alive)"
+        return None
+
+    def workers_alive(self) -> int:
+        return 0 if self.worker is None else self.worker.alive
+
 
 def build_router(
     settings: Settings,
@@ -260,7 +283,18 @@ def build_router(
         finally:
             state.close()
 
-    router = APIRouter(lifespan=lifespan, tags=["subscriptions"])
+    router = CheckedRouter(lifespan=lifespan, tags=["subscriptions"])
+    if settings.endpoints:
+        router.ops.readiness["queue"] = state.check_queue
+        if settings.service.worker_enabled:
+            router.ops.readiness["worker"] = state.check_worker
+        router.ops.collectors.append(
+            QueueCollector(
+                lambda: state.get_queue().stats(),
+                lambda: state.get_queue().due_count(),
+                state.workers_alive,
+            )
+        )
 
     async def notify(request: Request, name: str, rest: str = "") -> Response:
         endpoint = settings.endpoints.get(name)
@@ -294,6 +328,7 @@ def build_router(
         except InputError as err:
             logger.warning("notification to %s not understood: %s", name, err)
             return _outcome(400, "structure", str(err))
+        request.state.notification_shape = notification.shape
 
         queue = state.get_queue()
         try:
@@ -306,8 +341,8 @@ def build_router(
                     gap_grace_s=settings.service.gap_grace_s,
                 )
             )
-        except sqlite3.Error as err:
-            logger.error("notification to %s not stored: %s", name, type(err).__name__)
+        except StorageError as err:
+            logger.error("notification to %s not stored: %s", name, err)
             return _outcome(503, "transient", "the notification could not be stored; resend")
         logger.info(
             "notification %s/%s to %s: %d new, %d duplicate, %d ignored%s",
@@ -321,11 +356,17 @@ def build_router(
         )
         return Response(status_code=204)
 
+    async def counted(request: Request, name: str, rest: str = "") -> Response:
+        response = await notify(request, name, rest)
+        shape = getattr(request.state, "notification_shape", "unknown")
+        NOTIFICATIONS.labels(shape=shape, answer=str(response.status_code)).inc()
+        return response
+
     async def notify_root(request: Request, name: str) -> Response:
-        return await notify(request, name)
+        return await counted(request, name)
 
     async def notify_below(request: Request, name: str, rest: str) -> Response:
-        return await notify(request, name, rest)
+        return await counted(request, name, rest)
 
     # One route per path serves all three methods, so a 405 names them all in Allow. OpenAPI
     # wants one operationId per method, which a multi-method route cannot give: the schema is

@@ -44,6 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +52,7 @@ from typing import Any
 
 import orjson
 
+from fhir_leuko import metrics
 from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import (
     ConfigError,
@@ -244,14 +246,17 @@ def enqueue_gap(queue: Queue, endpoint: str, sub_key: str, through: int, due: fl
     )
 
 
-def open_queue(settings: Settings) -> Queue:
-    """The queue as configured (``service.queue_db``, retry policy)."""
+def open_queue(settings: Settings, *, pool_size: int = 4) -> Queue:
+    """The queue as configured (``service.database_url`` else ``service.queue_db``, retry
+    policy)."""
     svc = settings.service
     return Queue(
-        svc.queue_db,
+        svc.database_url or svc.queue_db,
         backoff_base_s=svc.worker_backoff_s,
         backoff_cap_s=svc.worker_backoff_cap_s,
         max_attempts=svc.worker_max_attempts,
+        busy_timeout_s=svc.db_timeout_s,
+        pool_size=pool_size,
     )
 
 
@@ -313,20 +318,49 @@ def write_back(client: FhirClient, resources: list[JSON]) -> int:
 
 def fetch_patient_data(client: FhirClient, patient_id: str, now: datetime) -> list[JSON]:
     """What one evaluation reads: every query of ``queries.PATIENT_DATA`` (the CDS prefetch),
-    paging a ``-date`` sorted search only until a whole page is outside its window."""
+    paging a ``-date`` sorted search only until a whole page is outside its window.
+
+    The queries are independent, so they go to the server at once (one round trip of wait
+    instead of seven); the results keep the order of ``PATIENT_DATA``. The first failure is
+    raised, as when they ran one after the other.
+    """
+    return [
+        resource
+        for found in _reader_pool().map(
+            lambda query: _read_query(client, query, patient_id, now), queries.PATIENT_DATA
+        )
+        for resource in found
+    ]
+
+
+def _read_query(
+    client: FhirClient, query: queries.PatientQuery, patient_id: str, now: datetime
+) -> list[JSON]:
+    if query.returns == "Patient":
+        return [client.read("Patient", patient_id)]
     data: list[JSON] = []
-    for query in queries.PATIENT_DATA:
-        if query.returns == "Patient":
-            data.append(client.read("Patient", patient_id))
-            continue
-        rtype, params = query.search(patient_id)
-        for page in client.search_bundle_pages(rtype, params):
-            found = bundle_resources(page)
-            kept = queries.within_window(found, query, now)
-            data.extend(kept)
-            if queries.past_window(found, kept, query):
-                break
+    rtype, params = query.search(patient_id)
+    for page in client.search_bundle_pages(rtype, params):
+        found = bundle_resources(page)
+        kept = queries.within_window(found, query, now)
+        data.extend(kept)
+        if queries.past_window(found, kept, query):
+            break
     return data
+
+
+_READERS: ThreadPoolExecutor | None = None
+_READERS_LOCK = threading.Lock()
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    """Threads for the concurrent reads of evaluations, shared by the process (sync clients
+    are thread-safe; a request's wait is I/O, so threads suffice)."""
+    global _READERS
+    with _READERS_LOCK:
+        if _READERS is None:
+            _READERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir-leuko-read")
+        return _READERS
 
 
 # --------------------------------------------------------------------------- clients
@@ -377,7 +411,7 @@ class Outcome:
 
     job_id: int
     kind: str
-    state: str  # "done", "retry", "dead"
+    state: str  # "done", "retry", "dead"; "released" when given back at shutdown
     created: int = 0
     existing: int = 0
     note: str = ""
@@ -388,7 +422,8 @@ class _Finished(Exception):
 
 
 class Worker:
-    """Claims due jobs from the queue and runs them, one at a time.
+    """Claims due jobs from the queue and runs them, one at a time (`WorkerThread` runs
+    several, each in its own thread).
 
     ``on_stage(stage, job)`` is called at ``claimed``, ``fetched`` and ``written`` (after the
     write-back, before the job is marked done): the crash test stops the process there.
@@ -412,6 +447,7 @@ class Worker:
         self._on_stage = on_stage
         self._clients: dict[str, FhirClient] = {}
         self._last_purge = 0.0
+        self._stopping: threading.Event | None = None
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -426,12 +462,20 @@ class Worker:
         job = self.queue.claim(now, self.settings.service.worker_lease_s)
         if job is None:
             return None
+        if self._stopping is not None and self._stopping.is_set():
+            # Shutting down between the claim and the work: give it back, untouched.
+            self.queue.release(job.id, attempt=job.attempts)
+            return Outcome(job.id, job.kind, "released")
         self._stage("claimed", job)
         try:
             result = self._run(job)
         except TemporaryFhirServerError as err:
+            metrics.fhir_error(err.status, "worker")
             return self._failed(job, str(err), _summary(err), retryable=True)
-        except (FatalFhirServerError, InputError, ConfigError) as err:
+        except FatalFhirServerError as err:
+            metrics.fhir_error(err.status, "worker")
+            return self._failed(job, str(err), _summary(err), retryable=False)
+        except (InputError, ConfigError) as err:
             return self._failed(job, str(err), _summary(err), retryable=False)
         except _Finished as finished:
             result = Outcome(job.id, job.kind, "done", note=str(finished))
@@ -441,6 +485,7 @@ class Worker:
             return self._failed(job, what, what, retryable=True)
         if not self.queue.complete(job.id, attempt=job.attempts):
             logger.warning("job %d was taken over by another worker; not marked done", job.id)
+        metrics.JOBS.labels(kind=_kind_label(job.kind), outcome="done").inc()
         logger.info(
             "job %d (%s) done: %d created, %d existing%s",
             job.id,
@@ -463,6 +508,7 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Work until ``stop`` is set, polling every ``worker_poll_s`` when idle."""
+        self._stopping = stop
         poll = self.settings.service.worker_poll_s
         while not stop.is_set():
             try:
@@ -496,6 +542,9 @@ class Worker:
         after = self.queue.get(job.id)
         state = after.state if after is not None else "dead"
         outcome = "retry" if state == "queued" else ("done" if state == "done" else "dead")
+        metrics.JOBS.labels(kind=_kind_label(job.kind), outcome=outcome).inc()
+        if outcome == "dead":
+            metrics.DEAD_LETTERS.labels(kind=_kind_label(job.kind)).inc()
         log = logger.error if outcome == "dead" else logger.warning
         log(
             "job %d (%s) attempt %d failed (%s): %s",
@@ -695,6 +744,11 @@ class Worker:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _kind_label(kind: str) -> str:
+    """A metric label: the kinds we run, anything else (a stored typo) as one value."""
+    return kind if kind in (EVALUATE, CHANGE, CATCH_UP) else "other"
+
+
 def _summary(err: Exception) -> str:
     """What a log line may say about a failure: its type and HTTP status, no message."""
     status = getattr(err, "status", None)
@@ -722,22 +776,49 @@ def _risk_code(resource: Mapping[str, Any]) -> str | None:
 
 
 class WorkerThread:
-    """The worker in a daemon thread with its own queue connection (``serve`` runs one)."""
+    """The worker in ``service.worker_concurrency`` daemon threads sharing one queue
+    connection pool (``serve`` runs one per process).
+
+    The queue never hands out two jobs of one patient at once, so threads (and replicas) only
+    ever overlap on different patients. `stop` is the graceful shutdown (SIGTERM): no new job
+    is taken, each thread finishes the job it holds, then the pool closes; a job still running
+    after ``timeout`` keeps its lease, which expires so another worker reruns it.
+    """
 
     def __init__(self, settings: Settings, **worker_kwargs: Any) -> None:
-        self._queue = open_queue(settings)
-        self.worker = Worker(self._queue, settings, **worker_kwargs)
+        self.concurrency = max(1, settings.service.worker_concurrency)
+        self._queue = open_queue(settings, pool_size=self.concurrency + 1)
+        self.workers = [
+            Worker(self._queue, settings, **worker_kwargs) for _ in range(self.concurrency)
+        ]
+        self.worker = self.workers[0]
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self.worker.run, args=(self._stop,), name="fhir-leuko-worker", daemon=True
-        )
+        self._threads = [
+            threading.Thread(
+                target=worker.run, args=(self._stop,), name=f"fhir-leuko-worker-{i}", daemon=True
+            )
+            for i, worker in enumerate(self.workers)
+        ]
+
+    @property
+    def alive(self) -> int:
+        """Threads running now."""
+        return sum(thread.is_alive() for thread in self._threads)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current job; an unfinished job's lease expires and it is rerun."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Take no new job, let running jobs finish (up to ``timeout`` in all), close."""
         self._stop.set()
-        self._thread.join(timeout)
-        self.worker.close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:
+            worker.close()
+        if self.alive:
+            logger.warning(
+                "%d worker threads still busy at shutdown; their jobs will be rerun", self.alive
+            )
         self._queue.close()

@@ -297,6 +297,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _forward(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)
         if self.server.down:
             page = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
             self.send_response(503)
@@ -331,16 +333,21 @@ class _ProxyServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     down = False
+    delay_s = 0.0
     upstream = ""
     public = ""
 
 
 @contextmanager
-def switchable_proxy(upstream_base: str) -> Iterator[tuple[str, Callable[[bool], None]]]:
+def switchable_proxy(
+    upstream_base: str, delay_s: float = 0.0
+) -> Iterator[tuple[str, Callable[[bool], None]]]:
     """A reverse proxy on 127.0.0.1 in front of the FHIR server; ``set_down(True)`` makes it
-    answer 503 with an HTML page, like a load balancer whose backend is restarting."""
+    answer 503 with an HTML page, like a load balancer whose backend is restarting.
+    ``delay_s`` holds every request that long first (a slower server: jobs take time)."""
     upstream = httpx.URL(upstream_base)
     server = _ProxyServer(("127.0.0.1", 0), _Handler)
+    server.delay_s = delay_s
     port = server.server_address[1]
     server.upstream = f"{upstream.scheme}://{upstream.host}:{upstream.port}"
     server.public = f"http://127.0.0.1:{port}"

@@ -351,3 +351,31 @@ def test_a_token_replayed_to_another_worker_process_is_refused(tmp_path: Path) -
                 )
             )
         assert answers == [(200, 401, 401, 401)] * 8
+
+
+def test_metrics_of_several_worker_processes_add_up(tmp_path: Path) -> None:
+    """``serve --workers 2``: every scrape (each on a new connection, so either process may
+    answer) reports the calls both processes served."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def discovery_calls(base: str) -> float:
+        text = httpx.get(
+            f"{base}/metrics", headers={"Connection": "close"}, timeout=10, trust_env=False
+        ).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "fhir_leuko_cds_requests_total"
+            and sample.labels.get("endpoint") == "discovery"
+        )
+
+    for base, _log in _serve(tmp_path, "--workers", "2"):
+        before = discovery_calls(base)  # the start-up probes
+        calls = 12
+        for _ in range(calls):
+            r = httpx.get(
+                f"{base}/cds-services", headers={"Connection": "close"}, timeout=10, trust_env=False
+            )
+            assert r.status_code == 200
+        assert [discovery_calls(base) - before for _ in range(6)] == [calls] * 6

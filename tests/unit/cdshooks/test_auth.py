@@ -8,7 +8,6 @@ import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -608,13 +607,14 @@ async def test_replay_cache_is_bounded_and_drops_the_soonest_expiry(clock: FakeC
 
 
 @pytest.mark.anyio
-async def test_sqlite_replay_cache_is_shared_between_processes(tmp_path: Path) -> None:
-    # Two server processes open the same file: a jti seen by one is a replay for the other.
-    from fhir_leuko.cdshooks.auth import SqliteReplayCache
+async def test_shared_replay_cache_is_shared_between_processes(storage_target: str) -> None:
+    # Two server processes (or replicas on PostgreSQL) open the same database: a jti seen by
+    # one is a replay for the other.
+    from fhir_leuko.cdshooks.auth import DatabaseReplayCache
 
     now = [1000.0]
-    first = SqliteReplayCache(str(tmp_path / "replay.sqlite3"), clock=lambda: now[0])
-    second = SqliteReplayCache(str(tmp_path / "replay.sqlite3"), clock=lambda: now[0])
+    first = DatabaseReplayCache(storage_target, clock=lambda: now[0])
+    second = DatabaseReplayCache(storage_target, clock=lambda: now[0])
     assert await first.remember("iss|jti-1", until=1300.0)
     assert not await second.remember("iss|jti-1", until=1300.0)
     now[0] = 1301.0  # expired: forgotten, so the table does not grow without bound

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from fhir_leuko.cdshooks.feedback import (
     parse_feedback,
 )
 from fhir_leuko.errors import InputError
+from fhir_leuko.storage import SqliteDatabase
 
 SERVICE = "leuko-patient-view"
 RECEIVED = 1_800_000_000.0
@@ -79,18 +79,15 @@ SANDBOX_DISMISS = {
 
 
 @pytest.fixture
-def store() -> Iterator[FeedbackStore]:
-    with FeedbackStore(":memory:", clock=lambda: RECEIVED) as opened:
+def store(storage_target: str) -> Iterator[FeedbackStore]:
+    """A store on a SQLite file or on PostgreSQL (each test runs on both)."""
+    with FeedbackStore(storage_target, clock=lambda: RECEIVED) as opened:
         yield opened
 
 
-def stored_rows(store: FeedbackStore) -> list[sqlite3.Row]:
-    db: sqlite3.Connection = store._db
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM feedback ORDER BY id").fetchall()
-    finally:
-        db.row_factory = None
+def stored_rows(store: FeedbackStore) -> list[Mapping[str, Any]]:
+    with store.database.read() as db:
+        return [dict(row) for row in db.execute("SELECT * FROM feedback ORDER BY id").fetchall()]
 
 
 def with_item(**changes: Any) -> dict[str, Any]:
@@ -359,8 +356,8 @@ def test_summary_of_a_service_without_feedback_is_zero(store: FeedbackStore) -> 
     assert summary["by_override_reason"] == []
 
 
-def test_feedback_survives_reopening_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "feedback.sqlite3"
+def test_feedback_survives_reopening_the_file(storage_target: str) -> None:
+    path = storage_target
     with FeedbackStore(path) as first:
         assert first.record(SERVICE, parse_feedback(SPEC_OVERRIDDEN_WITH_REASON)) == 1
     with FeedbackStore(path) as reopened:
@@ -370,11 +367,18 @@ def test_feedback_survives_reopening_the_file(tmp_path: Path) -> None:
 
 def test_file_database_uses_wal(tmp_path: Path) -> None:
     with FeedbackStore(tmp_path / "feedback.sqlite3") as store:
-        (mode,) = store._db.execute("PRAGMA journal_mode").fetchone()
+        assert isinstance(store.database, SqliteDatabase)
+        (mode,) = store.database.connection.execute("PRAGMA journal_mode").fetchone()
     assert mode == "wal"
 
 
-def test_concurrent_records_from_threads_store_each_entry_once(tmp_path: Path) -> None:
+def test_an_in_memory_store_works(tmp_path: Path) -> None:
+    with FeedbackStore(":memory:", clock=lambda: RECEIVED) as store:
+        assert store.record(SERVICE, parse_feedback(SPEC_ACCEPTED)) == 1
+        assert store.summary(SERVICE)["total"] == 1
+
+
+def test_concurrent_records_from_threads_store_each_entry_once(storage_target: str) -> None:
     items = [
         Feedback(
             card=f"card-{n}",
@@ -384,7 +388,7 @@ def test_concurrent_records_from_threads_store_each_entry_once(tmp_path: Path) -
         for n in range(50)
     ]
     added: list[int] = []
-    with FeedbackStore(tmp_path / "feedback.sqlite3") as store:
+    with FeedbackStore(storage_target) as store:
 
         def post() -> None:
             added.append(store.record(SERVICE, items))

@@ -1,4 +1,7 @@
-"""The durable queue: dedupe, leases, backoff, dead letters, coalescing, gaps, persistence."""
+"""The durable queue: dedupe, leases, backoff, dead letters, coalescing, gaps, persistence.
+
+Every test that takes ``db_path`` or ``queue`` runs on both backends (SQLite and PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -13,18 +16,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fhir_leuko.storage import SqliteDatabase
 from fhir_leuko.subscriptions.queue import EVALUATE, Queue
 
 T0 = 1_772_604_000.0  # 2026-03-04T06:00:00Z; tests pass time explicitly and never sleep
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "queue.sqlite3"
+def db_path(storage_target: str) -> str:
+    """A SQLite file or a PostgreSQL URL (the conftest runs each test on both)."""
+    return storage_target
 
 
 @pytest.fixture
-def queue(db_path: Path) -> Iterator[Queue]:
+def queue(db_path: str) -> Iterator[Queue]:
     with Queue(
         db_path, clock=lambda: T0, backoff_base_s=10, backoff_cap_s=100, max_attempts=5
     ) as q:
@@ -38,10 +43,13 @@ def obs_key(obs_id: str, version: str) -> str:
 # ----------------------------------------------------------------- durability settings
 
 
-def test_database_runs_in_wal_mode_with_full_sync(queue: Queue, db_path: Path) -> None:
-    with sqlite3.connect(db_path) as other:
-        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert queue._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+def test_database_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    db_path = tmp_path / "queue.sqlite3"
+    with Queue(db_path) as queue:
+        with sqlite3.connect(db_path) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert isinstance(queue.database, SqliteDatabase)
+        assert queue.database.connection.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 # ----------------------------------------------------------------- dedupe
@@ -86,7 +94,7 @@ def test_claim_takes_the_oldest_due_job_and_round_trips_fields(queue: Queue) -> 
     assert queue.claim(T0 + 2, lease_s=30) is None
 
 
-def test_a_crashed_workers_job_is_claimable_again_after_its_lease(db_path: Path) -> None:
+def test_a_crashed_workers_job_is_claimable_again_after_its_lease(db_path: str) -> None:
     first = Queue(db_path)
     first.enqueue("resource", {"focus": "Observation/obs-1"}, dedupe_key="k", now=T0)
     crashed = first.claim(T0, lease_s=60)
@@ -227,6 +235,53 @@ def test_a_failed_evaluation_folds_into_the_waiting_one(queue: Queue) -> None:
     )
 
 
+def test_a_patients_next_evaluation_waits_while_one_is_running(queue: Queue) -> None:
+    queue.enqueue_patient("Patient/pt-58", "Observation/obs-wbc-311", now=T0)
+    running = queue.claim(T0, lease_s=30)
+    assert running is not None
+    queue.enqueue_patient("Patient/pt-58", "Observation/obs-plt-313", now=T0)
+    queue.enqueue_patient("Patient/pt-99", "Observation/obs-wbc-400", now=T0)
+    other = queue.claim(T0, lease_s=30)
+    assert other is not None and other.patient_ref == "Patient/pt-99"
+    assert queue.claim(T0, lease_s=30) is None  # pt-58's second evaluation must wait
+    assert queue.complete(running.id, attempt=running.attempts)
+    waiting = queue.claim(T0, lease_s=30)
+    assert waiting is not None and waiting.patient_ref == "Patient/pt-58"
+    assert waiting.payload["reasons"] == ["Observation/obs-plt-313"]
+
+
+def test_after_a_crash_the_patients_older_job_is_retaken_before_the_newer(queue: Queue) -> None:
+    queue.enqueue_patient("Patient/pt-58", "Observation/obs-wbc-311", now=T0)
+    crashed = queue.claim(T0, lease_s=30)
+    assert crashed is not None
+    queue.enqueue_patient("Patient/pt-58", "Observation/obs-plt-313", now=T0)
+    assert queue.claim(T0 + 10, lease_s=30) is None  # leased, and the newer one waits
+    retaken = queue.claim(T0 + 30, lease_s=30)
+    assert retaken is not None and retaken.id == crashed.id and retaken.attempts == 2
+
+
+def test_a_released_job_is_queued_again_and_the_old_claim_stays_fenced(queue: Queue) -> None:
+    queue.enqueue("resource", {}, dedupe_key="k", now=T0)
+    job = queue.claim(T0, lease_s=30)
+    assert job is not None
+    assert queue.release(job.id, attempt=job.attempts, now=T0)
+    again = queue.claim(T0, lease_s=30)
+    assert again is not None and again.id == job.id and again.attempts == job.attempts + 1
+    assert queue.complete(job.id, attempt=job.attempts) is False
+    assert queue.release(job.id, attempt=job.attempts) is False
+    assert queue.complete(again.id, attempt=again.attempts) is True
+
+
+def test_due_count_counts_only_queued_jobs_that_are_due(queue: Queue) -> None:
+    queue.enqueue("resource", {}, dedupe_key="now", now=T0)
+    queue.enqueue("resource", {}, dedupe_key="later", now=T0 + 100)
+    queue.enqueue("resource", {}, dedupe_key="taken", now=T0)
+    assert queue.due_count(T0) == 2
+    assert queue.claim(T0, lease_s=30) is not None
+    assert queue.due_count(T0) == 1
+    assert queue.due_count(T0 + 100) == 2
+
+
 # ----------------------------------------------------------------- event numbers and gaps
 
 
@@ -301,7 +356,7 @@ def test_watermark_is_stored_per_subscription(queue: Queue) -> None:
 # ----------------------------------------------------------------- persistence and threads
 
 
-def test_jobs_dedupe_keys_and_gaps_survive_reopening(db_path: Path) -> None:
+def test_jobs_dedupe_keys_and_gaps_survive_reopening(db_path: str) -> None:
     with Queue(db_path) as q:
         q.enqueue("resource", {"focus": "Observation/obs-1"}, dedupe_key="k1", now=T0)
         q.enqueue_patient("Patient/pt-58", "Observation/obs-1", now=T0)
@@ -328,7 +383,7 @@ def test_purge_done_forgets_only_old_done_jobs(queue: Queue) -> None:
     assert queue.stats() == {"queued": 1, "running": 0, "done": 0, "dead": 0}
 
 
-def test_concurrent_workers_never_claim_the_same_job(db_path: Path) -> None:
+def test_concurrent_workers_never_claim_the_same_job(db_path: str) -> None:
     producer = Queue(db_path)
     for i in range(200):
         producer.enqueue("resource", {"i": i}, dedupe_key=f"k{i}", now=T0)
@@ -350,6 +405,79 @@ def test_concurrent_workers_never_claim_the_same_job(db_path: Path) -> None:
     assert sorted(claimed) == list(range(200))
     assert producer.stats()["done"] == 200
     for q in queues:
+        q.close()
+
+
+def test_replicas_evaluating_one_patient_never_overlap(db_path: str) -> None:
+    """Three queue objects (three replicas) and six threads drain evaluations of four
+    patients that keep asking for more: no two evaluations of a patient run at once."""
+    queues = [Queue(db_path) for _ in range(3)]
+    running: set[str] = set()
+    overlaps: list[str] = []
+    done: Counter[str] = Counter()
+    lock = threading.Lock()
+    patients = [f"Patient/pt-{i}" for i in range(4)]
+    for p in patients:
+        queues[0].enqueue_patient(p, "first", now=T0)
+
+    def work(q: Queue) -> None:
+        idle = 0
+        while idle < 20:
+            job = q.claim(T0, lease_s=600)
+            if job is None:
+                idle += 1
+                threading.Event().wait(0.005)
+                continue
+            idle = 0
+            ref = str(job.patient_ref)
+            with lock:
+                if ref in running:
+                    overlaps.append(ref)
+                running.add(ref)
+            if done[ref] < 5:  # a new result arrives while this evaluation runs
+                q.enqueue_patient(ref, f"more-{done[ref]}", now=T0)
+            threading.Event().wait(0.002)
+            with lock:
+                running.discard(ref)
+                done[ref] += 1
+            assert q.complete(job.id, attempt=job.attempts)
+
+    threads = [threading.Thread(target=work, args=(q,)) for q in queues for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for q in queues:
+        q.close()
+    assert overlaps == []
+    assert all(done[p] == 6 for p in patients), done
+
+
+def test_replicas_starting_together_apply_the_schema_once(db_path: str) -> None:
+    errors: list[BaseException] = []
+    opened: list[Queue] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        try:
+            q = Queue(db_path)
+        except BaseException as err:  # pragma: no cover - the failure this test looks for
+            errors.append(err)
+            return
+        with lock:
+            opened.append(q)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with opened[0].database.read() as db:
+        row = db.execute("SELECT version FROM schema_version WHERE component = 'queue'").fetchone()
+    assert row is not None and row["version"] == 1
+    assert opened[0].enqueue("resource", {}, dedupe_key="k", now=T0)
+    for q in opened:
         q.close()
 
 

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from fhir_leuko.config import ServiceSettings, Settings, SubscriptionEndpoint
 from fhir_leuko.errors import ConfigError
+from fhir_leuko.storage import StorageError
 from fhir_leuko.subscriptions import router as router_module
 from fhir_leuko.subscriptions.queue import Queue
 from fhir_leuko.subscriptions.router import build_router, check_endpoints
@@ -387,7 +388,8 @@ def test_queue_failure_is_503_so_the_server_resends(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+        # What the storage layer turns a locked or failing database into.
+        raise StorageError("the database is unavailable (OperationalError)")
 
     monkeypatch.setattr(router_module, "accept", broken)
 

@@ -70,8 +70,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def queue(settings: Settings, clock: Clock) -> Iterator[Queue]:
-    with Queue(settings.service.queue_db, clock=clock, backoff_base_s=10.0, max_attempts=3) as q:
+def queue(storage_target: str, clock: Clock) -> Iterator[Queue]:
+    """The worker's queue on SQLite and on PostgreSQL (the conftest runs each test on both)."""
+    with Queue(storage_target, clock=clock, backoff_base_s=10.0, max_attempts=3) as q:
         yield q
 
 
