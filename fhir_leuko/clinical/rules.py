@@ -1468,30 +1468,7 @@ def _not_assessable(c: _Ctx, draws: Sequence[Draw], unusable: tuple[DataIssue, .
         f"({words}); check them - this is not a normal count"
     )
     c.hit("not-assessable", text, table("1.8 (unusable is not normal)"))
-    return Assessment(
-        patient_id=c.labs.patient_id,
-        now=c.now,
-        risk=Risk.NEGLIGIBLE,
-        row=Row.NOT_ASSESSABLE,
-        headline=text,
-        grade=NeutropeniaGrade.UNKNOWN,
-        index_draw=None,
-        wbc=None,
-        wbc_lln=None,
-        anc_lln=c.t.anc_lln_adult,
-        findings=(),
-        recommendations=(),
-        not_proposed=(),
-        medications=c.labs.medications,
-        conditions=(),
-        mitigation=(),
-        trace=tuple(c.trace),
-        issues=tuple(c.issues),
-        preliminary=False,
-        basis=(),
-        draws=tuple(draws),
-        unusable=unusable,
-    )
+    return _without_finding(c, draws, unusable, Row.NOT_ASSESSABLE, text)
 
 
 def _normal(
@@ -1501,8 +1478,6 @@ def _normal(
     f: Facts | None = None,
     row: Row = Row.NORMAL,
 ) -> Assessment:
-    index = f.index if f is not None else None
-    grade = f.grade if f is not None else NeutropeniaGrade.UNKNOWN
     headline = "No leukopenia or neutropenia"
     if f is None:
         headline = "No CBC result (WBC, ANC or neutrophil %) to assess"
@@ -1514,6 +1489,20 @@ def _normal(
             f"NOT USED: {_unusable_words(unusable)} - check these values; the usable results "
             f"show: {headline[0].lower()}{headline[1:]}"
         )
+    return _without_finding(c, draws, unusable, row, headline, f)
+
+
+def _without_finding(
+    c: _Ctx,
+    draws: Sequence[Draw],
+    unusable: tuple[DataIssue, ...],
+    row: Row,
+    headline: str,
+    f: Facts | None = None,
+) -> Assessment:
+    """A negligible (normal) or not-assessable assessment: nothing proposed."""
+    index = f.index if f is not None else None
+    grade = f.grade if f is not None else NeutropeniaGrade.UNKNOWN
     return Assessment(
         patient_id=c.labs.patient_id,
         now=c.now,
@@ -1526,7 +1515,7 @@ def _normal(
         wbc=f.wbc if f is not None else None,
         wbc_lln=f.wbc_lln if f is not None else None,
         anc_lln=f.anc_lln if f is not None else c.t.anc_lln_adult,
-        findings=tuple(c.findings) if unusable else (),
+        findings=tuple(c.findings) if unusable and row is not Row.NOT_ASSESSABLE else (),
         recommendations=(),
         not_proposed=(),
         medications=c.labs.medications,
