@@ -29,6 +29,7 @@ from fastapi import APIRouter, FastAPI, Path, Request, Response
 from fhir_leuko.cdshooks import models as m
 from fhir_leuko.cdshooks.auth import Claims, IssuerTrust, JwtPolicy, JwtVerifier, SqliteReplayCache
 from fhir_leuko.cdshooks.cards import (
+    CardLinks,
     SelectedDrug,
     medication_check_response,
     patient_view_response,
@@ -41,6 +42,8 @@ from fhir_leuko.errors import AuthError, ConfigError, InputError
 from fhir_leuko.fhirio.client import AsyncFhirClient
 from fhir_leuko.fhirio.ingest import match_medication
 from fhir_leuko.service import evaluate
+from fhir_leuko.web.rules import rules_page
+from fhir_leuko.web.site import public_base
 
 JSON = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -106,6 +109,11 @@ class _State:
     policy: FetchPolicy
     base: str  # public base URL, no trailing slash
     discovery_body: bytes
+    row_titles: Mapping[str, str]
+
+    def card_links(self, request: Request) -> CardLinks:
+        """Links for cards: the decision table and the trend app on this service."""
+        return CardLinks(public_base(self.settings, request), self.row_titles)
 
     async def authenticate(self, request: Request, path: str) -> Claims | None:
         """Verify the client's JWT for the endpoint at ``path`` (its public URL is ``aud``)."""
@@ -278,6 +286,7 @@ def build_router(settings: Settings) -> APIRouter:
         policy=FetchPolicy(allowlist=svc.fhir_server_allowlist, timeout_s=svc.fetch_timeout_s),
         base=svc.public_base_url.rstrip("/"),
         discovery_body=orjson.dumps(m.wire(m.Discovery.model_validate(discovery()))),
+        row_titles=rules_page(settings.thresholds).row_titles,
     )
 
     @asynccontextmanager
@@ -334,7 +343,7 @@ def build_router(settings: Settings) -> APIRouter:
                 gathered.resources, now=now, thresholds=settings.thresholds, patient_id=pv.patientId
             )
             response = patient_view_response(
-                _with_gaps(a, gathered), service_id=service_id, rules_url=svc.rules_url
+                _with_gaps(a, gathered), service_id=service_id, links=state.card_links(request)
             )
         else:
             assert service is MEDICATION_CHECK
@@ -352,7 +361,10 @@ def build_router(settings: Settings) -> APIRouter:
                     patient_id=os_ctx.patientId,
                 )
                 response = medication_check_response(
-                    _with_gaps(a, gathered), drugs, service_id=service_id, rules_url=svc.rules_url
+                    _with_gaps(a, gathered),
+                    drugs,
+                    service_id=service_id,
+                    links=state.card_links(request),
                 )
         # Identifiers of the call only: no patient data, no token (best practices).
         logger.info(
