@@ -17,6 +17,8 @@
 //   - POST <base>/$reset empties the store, so tests need not restart the process
 //   - GET <base>/metadata answers a minimal CapabilityStatement (used as the readiness probe)
 //   - POST <base>/<Type>/_search with a form body, as the CDS Hooks sandbox sends
+//   - CORS (any origin, preflights answered), as public FHIR servers send for browser apps
+//     such as the SMART trend app
 // Requests are handled one at a time: tests get deterministic ordering and the transaction
 // snapshot cannot interleave with another write.
 
@@ -84,9 +86,23 @@ function readBody(req) {
   });
 }
 
+// Browser apps on another origin (the SMART trend app) read from this server, as from a
+// public FHIR server; there is no credential here to protect.
+const CORS = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Expose-Headers': 'Location, ETag, Content-Location, Last-Modified',
+};
+const PREFLIGHT = {
+  ...CORS,
+  'Access-Control-Allow-Methods': 'GET, POST, PUT, DELETE, OPTIONS',
+  'Access-Control-Allow-Headers': 'Authorization, Content-Type, Accept, Prefer, If-None-Exist, If-Match',
+  'Access-Control-Max-Age': '600',
+};
+
 function send(res, status, body, extraHeaders = {}) {
   const payload = body === undefined ? '' : JSON.stringify(body);
   res.writeHead(status, {
+    ...CORS,
     'Content-Type': FHIR_JSON,
     'Content-Length': Buffer.byteLength(payload),
     ...extraHeaders,
@@ -182,6 +198,11 @@ function createHandler(router, repo) {
     const origin = `http://${req.headers.host ?? HOST}`;
     const method = (req.method ?? 'GET').toUpperCase();
 
+    if (method === 'OPTIONS') {
+      res.writeHead(204, PREFLIGHT);
+      res.end();
+      return;
+    }
     if (url.pathname !== BASE_PATH && !url.pathname.startsWith(`${BASE_PATH}/`)) {
       send(res, 404, outcomeFor('not-found', `Not a FHIR path; the base is ${BASE_PATH}`));
       return;
