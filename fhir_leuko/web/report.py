@@ -36,7 +36,7 @@ def _cite(source: str, cited: list[Reference]) -> str:
             continue
         ref = BY_SHORT.get(name)
         if ref is None:
-            parts.append(escape(name))
+            parts.append(escape(display_units(name)))
             continue
         if ref not in cited:
             cited.append(ref)

@@ -292,7 +292,8 @@ def assessment_json(a: Assessment, rules_url: str, row_title: str) -> JSON:
         for name in (p.strip() for p in source.split(";")):
             if name:
                 ref = BY_SHORT.get(name)
-                out.append({"name": name, "url": f"{rules_url}#{ref.anchor}" if ref else None})
+                url = f"{rules_url}#{ref.anchor}" if ref else None
+                out.append({"name": display_units(name), "url": url})
         return out
 
     return {

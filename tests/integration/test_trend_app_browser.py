@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,11 @@ _READ_CHARTS = """() => window.leuko.charts.map((u) => {
   const bands = panel.bands.map((b) => {
     const top = u.valToPos(Math.min(b.high, u.scales.y.max), 'y', true);
     const bottom = u.valToPos(Math.max(b.low, u.scales.y.min), 'y', true);
-    const x = u.bbox.left + 4;
     const samples = [];
-    for (let y = Math.ceil(top) + 1; y < bottom - 1; y += 1) samples.push(px(x, y));
+    for (let i = 1; i < 10; i += 1) {
+      const x = u.bbox.left + (u.bbox.width * i) / 10;
+      for (let y = Math.ceil(top) + 1; y < bottom - 1; y += 1) samples.push(px(x, y));
+    }
     return {level: b.level, height: bottom - top, samples};
   });
   return {key: panel.key, plotted: u.data[1].filter((v) => v !== null), points, bands};
@@ -106,7 +109,7 @@ def test_the_app_draws_the_sample_patients_counts_bands_and_table(
     tmp_path: Path,
 ) -> None:
     assert BUILT_MARKER.is_file(), "the app's libraries are not built: run `make app`"
-    resources = sample_resources(SAMPLE)
+    resources = sample_resources(SAMPLE, now=datetime.now(UTC))
     load_into(fresh_fhir_server, resources)
     patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
     expected = _expected(resources)
