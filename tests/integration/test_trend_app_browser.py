@@ -180,3 +180,98 @@ def test_the_app_draws_the_sample_patients_counts_bands_and_table(
         assert row_link is not None and row_link.startswith(f"{base}/rules#row-")
         assert not problems, problems
     print(f"screenshot: {tmp_path / 'trend-app.png'}")
+
+
+# --- SMART App Launch 2.0: EHR launch, discovery, authorisation code with PKCE ---------------
+
+EHR = "https://ehr.invalid"
+ISS = f"{EHR}/fhir"
+CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "*"}
+
+
+def test_an_ehr_launch_signs_in_with_pkce_and_reads_with_the_token(
+    browser: Any,
+    fresh_fhir_server: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The EHR and its authorisation server are played by routes in the browser; the FHIR
+    reads go on to the local FHIR server only when they carry the issued token."""
+    import base64
+    import hashlib
+    from urllib.parse import parse_qs, urlencode, urlparse
+
+    assert BUILT_MARKER.is_file(), "the app's libraries are not built: run `make app`"
+    resources = sample_resources(SAMPLE, now=datetime.now(UTC))
+    load_into(fresh_fhir_server, resources)
+    patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    seen: dict[str, Any] = {"fhir": []}
+
+    def discovery(route: Any) -> None:
+        config = {
+            "authorization_endpoint": f"{EHR}/auth/authorize",
+            "token_endpoint": f"{EHR}/auth/token",
+            "code_challenge_methods_supported": ["S256"],
+            "capabilities": ["launch-ehr", "client-public", "context-ehr-patient"],
+        }
+        route.fulfill(status=200, json=config, headers=CORS)
+
+    def authorize(route: Any) -> None:
+        query = {k: v[0] for k, v in parse_qs(urlparse(route.request.url).query).items()}
+        seen["authorize"] = query
+        back = f"{query['redirect_uri']}?{urlencode({'code': 'code-1', 'state': query['state']})}"
+        route.fulfill(status=302, headers={"Location": back})
+
+    def token(route: Any) -> None:
+        if route.request.method == "OPTIONS":
+            route.fulfill(status=204, headers=CORS)
+            return
+        form = {k: v[0] for k, v in parse_qs(route.request.post_data or "").items()}
+        seen["token"] = form
+        body = {
+            "access_token": "token-1",
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": seen["authorize"]["scope"],
+            "patient": patient,
+        }
+        route.fulfill(status=200, json=body, headers=CORS)
+
+    def fhir(route: Any) -> None:
+        request = route.request
+        if request.method == "OPTIONS":
+            route.fulfill(status=204, headers=CORS)
+            return
+        auth = request.headers.get("authorization")
+        seen["fhir"].append((request.url, auth))
+        if auth != "Bearer token-1":
+            route.fulfill(status=401, headers=CORS, body="")
+            return
+        response = route.fetch(url=request.url.replace(ISS, fresh_fhir_server), headers={})
+        route.fulfill(response=response, headers={**response.headers, **CORS})
+
+    with running_service(tmp_path) as base:
+        page = browser.new_page()
+        page.route(f"{ISS}/**", fhir)  # registered first: later routes take precedence
+        page.route(f"{ISS}/.well-known/smart-configuration", discovery)
+        page.route(f"{EHR}/auth/authorize*", authorize)
+        page.route(f"{EHR}/auth/token", token)
+        page.goto(f"{base}/app/?{urlencode({'iss': ISS, 'launch': 'launch-1'})}")
+        page.wait_for_selector("body[data-ready]", state="attached", timeout=30_000)
+        status = page.inner_text("#status")
+        assert page.get_attribute("body", "data-ready") == "true", status
+
+    asked = seen["authorize"]
+    assert asked["response_type"] == "code" and asked["client_id"] == "fhir-leuko-trend"
+    assert asked["launch"] == "launch-1" and asked["aud"] == ISS
+    assert set(asked["scope"].split()) >= {"launch", "patient/Observation.rs", "patient/Patient.r"}
+    assert asked["redirect_uri"] == f"{base}/app/"
+    # PKCE: the verifier sent with the code hashes to the challenge sent before it (S256).
+    assert asked["code_challenge_method"] == "S256"
+    verifier = seen["token"]["code_verifier"]
+    digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+    assert digest.decode() == asked["code_challenge"]
+    assert seen["token"]["grant_type"] == "authorization_code"
+    assert seen["token"]["code"] == "code-1"
+    # Every FHIR read carried the token; the CBCs were read for the launch's patient.
+    assert seen["fhir"] and all(auth == "Bearer token-1" for _, auth in seen["fhir"])
+    assert any("Observation?patient=" + patient in url for url, _ in seen["fhir"])
