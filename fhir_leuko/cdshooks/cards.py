@@ -571,7 +571,10 @@ def medication_check_response(
             f"by {md(drug.matched_by)}), is known to lower white cells, and the latest CBC "
             f"shows {grade} neutropenia ({md(counts)}, {COUNT_UNIT}).",
             "",
-            _drug_advice(chemo, drug.ingredient),
+            _drug_advice(chemo, drug.ingredient)
+            if chemo
+            else "Weigh signing it against the low count: another drug, or a plan for how often "
+            "to check the count while on it.",
             "",
             f"**Risk with this order:** {a.risk.value}. {md(display_units(a.headline))}",
         ]

@@ -234,3 +234,16 @@ def test_text_report_windows_and_units(tmp_path: Path) -> None:
     assert "×10⁹/L" in text and "10^9" not in text
     starts = re.findall(r"between (\d{4}-\d{2}-\d{2}) and", text)
     assert starts and all(s >= "2026-03-10" for s in starts)
+
+
+def test_cli_html_format_writes_one_page(capsys: pytest.CaptureFixture[str]) -> None:
+    from fhir_leuko.cli import main
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / f"{SAMPLE}.json"
+    assert main(["evaluate", str(sample), "--now", "2026-03-10T12:00:00Z", "--format", "html"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("<!doctype html>") and "<svg" in out and "<script" not in out
+    assert out.count('<circle class="point final"') == 4  # the final draw: one dot per panel
+    assert out.count('<circle class="point preliminary"') == 4
+    assert out.count('class="index-mark"') == 4
+    assert 'class="preliminary index"' in out  # the table row of the index draw
