@@ -22,6 +22,7 @@ from typing import Any
 
 from fhir_leuko.clinical.model import Action, Assessment, Finding, Recommendation
 from fhir_leuko.fhirio import codes
+from fhir_leuko.render import display_units
 
 JSON = dict[str, Any]
 
@@ -103,7 +104,7 @@ def finding_concept(f: Finding) -> JSON:
     snomed = codes.FINDING_SNOMED.get(f.code)
     if snomed is not None:
         coding.append({"system": codes.SNOMED, "code": snomed[0], "display": snomed[1]})
-    return {"coding": coding, "text": f.text}
+    return {"coding": coding, "text": display_units(f.text)}
 
 
 def rationale(a: Assessment) -> str:
@@ -114,12 +115,16 @@ def rationale(a: Assessment) -> str:
     if row is not None:
         lines.append(f"- {row.text} [{row.source}]")
     lines += [f"- Not proposed: {n}" for n in a.not_proposed]
-    return "\n".join(lines)
+    return display_units("\n".join(lines))
 
 
 def risk_assessment(a: Assessment) -> JSON:
     ident = risk_assessment_identifier(a)
-    notes = [{"text": f"Data issue: {i.message}"} for i in a.issues if i.severity != "information"]
+    notes = [
+        {"text": display_units(f"Data issue: {i.message}")}
+        for i in a.issues
+        if i.severity != "information"
+    ]
     if a.medications:
         notes.append(
             {
@@ -211,7 +216,12 @@ def service_request(
         "reasonCode": reasons,
         "reasonReference": [{"reference": r} for r in index_refs] or None,
         "supportingInfo": [reference_to(ra)],
-        "note": [{"text": f"{rec.reason} [{rec.source}]" + (" Optional." if rec.optional else "")}],
+        "note": [
+            {
+                "text": display_units(f"{rec.reason} [{rec.source}]")
+                + (" Optional." if rec.optional else "")
+            }
+        ],
     }
     return _prune(sr)
 
