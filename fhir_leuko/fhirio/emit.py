@@ -256,7 +256,7 @@ def operation_outcome(a: Assessment) -> JSON | None:
                 "severity": i.severity,
                 "code": "informational" if i.severity == "information" else "invalid",
                 "details": {"text": i.code},
-                "diagnostics": i.message,
+                "diagnostics": display_units(i.message),
             }
             for i in a.issues
         ],
