@@ -205,15 +205,15 @@ def build_router(settings: Settings) -> APIRouter:
         response_model=None,
         summary="The SMART on FHIR trend app",
         responses={
-            200: {"description": "The app", **_HTML_DOC},
-            503: {"description": "The app's libraries are not built", **_HTML_DOC},
+            200: {"description": "The app, or a page saying to run `make app`", **_HTML_DOC},
         },
     )
     async def app_index() -> Response:
         """SMART App Launch 2.0 (EHR launch with ``iss`` and ``launch``), or an open FHIR
         server with ``?iss=<FHIR base>&patient=<id>``."""
         if not BUILT_MARKER.is_file():
-            return _html(NOT_BUILT, status=503)
+            # A page that says what to do (200: a card's link still leads somewhere useful).
+            return _html(NOT_BUILT)
         return _html((STATIC / "index.html").read_text(encoding="utf-8"), csp=_APP_CSP)
 
     @router.get("/app/config.json", response_model=None, include_in_schema=False)

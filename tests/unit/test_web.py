@@ -112,7 +112,8 @@ def test_the_app_says_when_its_libraries_are_not_built(
 ) -> None:
     monkeypatch.setattr(site, "BUILT_MARKER", tmp_path / "missing.json")
     r = client.get("/app/")
-    assert r.status_code == 503 and "make app" in r.text
+    assert r.status_code == 200 and "is not built" in r.text and "make app" in r.text
+    assert "<script" not in r.text
 
 
 def test_the_app_files_stay_inside_the_app_folder(client: TestClient) -> None:

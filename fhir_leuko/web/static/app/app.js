@@ -193,7 +193,7 @@
     state.times = [...times].sort((a, b) => a - b);
     const width = Math.max(320, Math.min(host.clientWidth || 720, 900));
     const xMin = seconds(trend.start);
-    const xMax = seconds(trend.end);
+    const xMax = seconds(trend.end) + (seconds(trend.end) - xMin) * 0.02; // room for the ring
     const noPath = () => null;
     for (const panel of trend.panels) {
       const box = el('div', { class: 'panel', 'data-panel': panel.key });
