@@ -74,6 +74,13 @@ def test_the_page_has_an_id_for_every_row_and_every_reference() -> None:
     assert all(t.startswith(f"Row {r}") for r, t in page.row_titles.items())
 
 
+def test_every_row_of_the_page_is_a_published_code() -> None:
+    from fhir_leuko.cdshooks.cards import ROW_SYSTEM
+    from fhir_leuko.fhirio.profiles import codes_of
+
+    assert set(rules_page(DEFAULT_THRESHOLDS).row_titles) == codes_of(ROW_SYSTEM) == set(ROWS)
+
+
 def test_row_titles_come_from_the_headings() -> None:
     md = "## Rows\n\n### Row 4 — *moderate* neutropenia {#row-4}\n\nText {#row-9}\n"
     assert row_titles(md) == {"4": "Row 4 — moderate neutropenia"}
