@@ -15,7 +15,7 @@ from fhir_leuko.fhirio.codes import ACTION_DISPLAY
 #: How a count's unit is printed: ×10⁹/L (10^3/µL is the same number).
 COUNT_UNIT = "×10⁹/L"
 _COUNT_UNIT_TEXT = re.compile(
-    r"(?:[ \t]?[x×X][ \t]?)?10[ \t]?(?:\^|\*|\*\*)[ \t]?(?:9[ \t]?/[ \t]?L|3[ \t]?/[ \t]?[uµμ]L)\b"
+    r"(?:[x×X][ \t]?)?10[ \t]?(?:\^|\*|\*\*)[ \t]?(?:9[ \t]?/[ \t]?L|3[ \t]?/[ \t]?[uµμ]L)"
 )
 
 
@@ -24,9 +24,18 @@ def _unit(m: re.Match[str]) -> str:
     return (" " if before.isalnum() or before in ".)" else "") + COUNT_UNIT
 
 
+#: The common spellings, replaced without the regex (a card renders a dozen texts per call).
+_COMMON_COUNT_UNITS = tuple((f" {x}", f" {COUNT_UNIT}") for x in ("x 10^9/L", "x10^9/L"))
+
+
 def display_units(text: str) -> str:
     """``3.4 x 10^9/L``, ``10*3/uL``, ``x10^9/L`` -> ``3.4 ×10⁹/L``: one way to write a count."""
-    if "10" not in text:
+    if "10^" not in text and "10*" not in text:
+        return text
+    for raw, shown in _COMMON_COUNT_UNITS:
+        if raw in text:
+            text = text.replace(raw, shown)
+    if "10^" not in text and "10*" not in text:
         return text
     return _COUNT_UNIT_TEXT.sub(_unit, text)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_leuko.app import create_app
 from fhir_leuko.clinical.model import Action, Priority, Recommendation
@@ -255,3 +257,17 @@ def test_cli_html_format_writes_one_page(capsys: pytest.CaptureFixture[str]) -> 
     assert out.count('<circle class="point preliminary"') == 4
     assert out.count('class="index-mark"') == 4
     assert 'class="preliminary index"' in out  # the table row of the index draw
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["x 10^9/L", "x10^9/L", "10*3/uL", "10^9/L", " ", "3.4", "(", "x", "10"])
+        | st.text(max_size=3),
+        max_size=8,
+    ).map("".join)
+)
+def test_the_fast_path_writes_units_as_the_pattern_does(raw: str) -> None:
+    from fhir_leuko.render import _COUNT_UNIT_TEXT, _unit
+
+    assert display_units(raw) == _COUNT_UNIT_TEXT.sub(_unit, raw)
