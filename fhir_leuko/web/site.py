@@ -39,8 +39,12 @@ JSON = dict[str, Any]
 
 STATIC = Path(__file__).resolve().parent / "static" / "app"
 BUILT_MARKER = STATIC / "vendor" / "versions.json"
-#: The SMART scopes the app asks for (App Launch 2.0 names).
-APP_SCOPES = "launch patient/Observation.rs patient/Patient.r openid fhirUser"
+#: The SMART scopes the app asks for (App Launch 2.0 names): the CBCs and the patient for the
+#: chart, and the reads the assessment uses beside it (as the CDS service's prefetch does).
+APP_SCOPES = (
+    "launch openid fhirUser patient/Patient.r patient/Observation.rs "
+    "patient/MedicationRequest.rs patient/Condition.rs patient/ServiceRequest.rs"
+)
 _TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
