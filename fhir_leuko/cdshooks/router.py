@@ -37,6 +37,7 @@ from fhir_leuko.cdshooks.auth import (
     JwtVerifier,
 )
 from fhir_leuko.cdshooks.cards import (
+    CardLinks,
     SelectedDrug,
     medication_check_response,
     patient_view_response,
@@ -50,6 +51,8 @@ from fhir_leuko.fhirio.client import AsyncFhirClient
 from fhir_leuko.fhirio.ingest import match_medication
 from fhir_leuko.metrics import CheckedRouter
 from fhir_leuko.service import evaluate
+from fhir_leuko.web.rules import rules_page
+from fhir_leuko.web.site import public_base
 
 JSON = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -115,8 +118,13 @@ class _State:
     policy: FetchPolicy
     base: str  # public base URL, no trailing slash
     discovery_body: bytes
+    row_titles: Mapping[str, str]
     replay: DatabaseReplayCache | None = None
     store_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def card_links(self, request: Request) -> CardLinks:
+        """Links for cards: the decision table and the trend app on this service."""
+        return CardLinks(public_base(self.settings, request), self.row_titles)
 
     async def authenticate(self, request: Request, path: str) -> Claims | None:
         """Verify the client's JWT for the endpoint at ``path`` (its public URL is ``aud``)."""
@@ -305,6 +313,7 @@ def build_router(settings: Settings) -> APIRouter:
         base=svc.public_base_url.rstrip("/"),
         discovery_body=orjson.dumps(m.wire(m.Discovery.model_validate(discovery()))),
         replay=replay,
+        row_titles=rules_page(settings.thresholds).row_titles,
     )
 
     @asynccontextmanager
@@ -369,7 +378,7 @@ def build_router(settings: Settings) -> APIRouter:
                 fhir_base=req.fhirServer,
             )
             response = patient_view_response(
-                _with_gaps(a, gathered), service_id=service_id, rules_url=svc.rules_url
+                _with_gaps(a, gathered), service_id=service_id, links=state.card_links(request)
             )
         else:
             assert service is MEDICATION_CHECK
@@ -388,7 +397,10 @@ def build_router(settings: Settings) -> APIRouter:
                     fhir_base=req.fhirServer,
                 )
                 response = medication_check_response(
-                    _with_gaps(a, gathered), drugs, service_id=service_id, rules_url=svc.rules_url
+                    _with_gaps(a, gathered),
+                    drugs,
+                    service_id=service_id,
+                    links=state.card_links(request),
                 )
         # Identifiers of the call only: no patient data, no token (best practices).
         logger.info(

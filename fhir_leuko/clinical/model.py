@@ -382,6 +382,7 @@ class Assessment:
     # CBC values that were sent but could not be used (unknown unit, unreadable text, no
     # time, stamped > 24 h ahead): named in the output, never hidden under a normal headline.
     unusable: tuple[DataIssue, ...] = ()
+    hb_lln: float | None = None  # the WHO 2011 haemoglobin limit that applied, g/dL
 
     @property
     def actionable(self) -> bool:

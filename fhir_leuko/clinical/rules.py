@@ -236,6 +236,7 @@ class Facts:
     fever: bool
     febrile_neutropenia: bool
     anaemia: bool
+    hb_lln: float | None
     thrombocytopenia: bool
     bicytopenia: bool
     pancytopenia: bool
@@ -441,7 +442,8 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
 
     # --- Other cell lines ----------------------------------------------------------------------
     pregnant = any(cond.kind == "pregnancy" for cond in labs.conditions)
-    anaemia_text = _anaemia(index, labs.sex, age_y, age_m, pregnant, t)
+    hb_lln, hb_who = hb_lower_limit(labs.sex, age_y, age_m, pregnant, t)
+    anaemia_text = _anaemia(index, hb_lln, hb_who)
     if anaemia_text:
         c.find("anaemia", anaemia_text, SRC_ANAEMIA)
     plt = index.results.get(Analyte.PLATELETS)
@@ -553,6 +555,7 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
         fever=fever,
         febrile_neutropenia=febrile_neutropenia,
         anaemia=bool(anaemia_text),
+        hb_lln=hb_lln,
         thrombocytopenia=thrombocytopenia,
         bicytopenia=bicytopenia,
         pancytopenia=pancytopenia,
@@ -1236,6 +1239,7 @@ def _assess(labs: PatientLabs, now: datetime, horizon: datetime, t: Thresholds) 
         draws=tuple(draws),
         decision_grade=f.decision_grade,
         unusable=unusable,
+        hb_lln=f.hb_lln,
     )
 
 
@@ -1335,32 +1339,31 @@ def _fever(
     return None
 
 
-def _anaemia(
-    index: Draw,
-    sex: str | None,
-    age_y: int | None,
-    age_m: int | None,
-    pregnant: bool,
-    t: Thresholds,
-) -> str | None:
+def hb_lower_limit(
+    sex: str | None, age_y: int | None, age_m: int | None, pregnant: bool, t: Thresholds
+) -> tuple[float | None, str]:
+    """The WHO 2011 haemoglobin limit (g/dL) for age, sex and pregnancy, and whom it is for;
+    None under 6 months, where WHO gives none."""
+    if age_m is not None and age_m < 6:
+        return None, "under 6 months"
+    if age_y is not None and age_y < 5:
+        return t.hb_low_6m_to_4y, "6 months-4 y"
+    if age_y is not None and age_y < 12:
+        return t.hb_low_5_to_11y, "5-11 y"
+    if age_y is not None and age_y < t.hb_adult_age_years:
+        return t.hb_low_12_to_14y, f"12-{t.hb_adult_age_years - 1} y"
+    if pregnant and sex != "male":
+        return t.hb_low_pregnant, "pregnancy"
+    if sex == "male":
+        return t.hb_low_male, "male"
+    return t.hb_low_female, "female" if sex == "female" else "sex unknown"
+
+
+def _anaemia(index: Draw, limit: float | None, who: str) -> str | None:
     """WHO 2011 haemoglobin limits by age, sex and pregnancy."""
     hb = index.results.get(Analyte.HAEMOGLOBIN)
-    if hb is None:
+    if hb is None or limit is None:
         return None
-    if age_m is not None and age_m < 6:
-        return None  # WHO 2011 gives no limit under 6 months
-    if age_y is not None and age_y < 5:
-        limit, who = t.hb_low_6m_to_4y, "6 months-4 y"
-    elif age_y is not None and age_y < 12:
-        limit, who = t.hb_low_5_to_11y, "5-11 y"
-    elif age_y is not None and age_y < t.hb_adult_age_years:
-        limit, who = t.hb_low_12_to_14y, f"12-{t.hb_adult_age_years - 1} y"
-    elif pregnant and sex != "male":
-        limit, who = t.hb_low_pregnant, "pregnancy"
-    elif sex == "male":
-        limit, who = t.hb_low_male, "male"
-    else:
-        limit, who = t.hb_low_female, "female" if sex == "female" else "sex unknown"
     if hb.value < limit:
         return f"Anaemia: haemoglobin {hb.shown} g/dL (< {num(limit)}, {who})"
     return None
@@ -1515,6 +1518,7 @@ def _without_finding(
         wbc=f.wbc if f is not None else None,
         wbc_lln=f.wbc_lln if f is not None else None,
         anc_lln=f.anc_lln if f is not None else c.t.anc_lln_adult,
+        hb_lln=f.hb_lln if f is not None else None,
         findings=tuple(c.findings) if unusable and row is not Row.NOT_ASSESSABLE else (),
         recommendations=(),
         not_proposed=(),
