@@ -25,8 +25,8 @@ import pytest
 
 from fhir_leuko.cli import main as cli_main
 from fhir_leuko.clinical.model import Assessment, Row
-from fhir_leuko.render import display_units
 from fhir_leuko.fhirio import emit
+from fhir_leuko.render import display_units
 from fhir_leuko.service import evaluate
 from tests.oracles import ACTION_SYSTEM, EXPECTED_ACTIONS, FINDING_SYSTEM, RISK_SYSTEM
 
