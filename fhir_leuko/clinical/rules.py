@@ -664,6 +664,18 @@ class _Decision:
         reason = f"{ctx}: {detail or PURPOSE[action]}"
         self.propose(Recommendation(action, priority, start, end, reason, source, optional))
 
+    def smear_and_referral(self, priority: Priority, ctx: str) -> None:
+        """Smear and haematology referral below an ANC of 1.0, where referral is mandatory
+        (rows 2 and 4; Gibson & Berliner 2014)."""
+        self.add(Action.PERIPHERAL_SMEAR, priority, ctx, SRC_WORKUP)
+        self.add(
+            Action.HAEMATOLOGY_REFERRAL,
+            priority,
+            ctx,
+            SRC_WORKUP,
+            detail="haematology referral, mandatory below 1.0",
+        )
+
     def b12_folate(self, priority: Priority, ctx: str) -> None:
         """B12 and folate together, unless recently resulted (section 3, 'Always')."""
         t, now = self.c.t, self.c.now
@@ -818,14 +830,7 @@ def _row_2(f: Facts, d: _Decision, t: Thresholds) -> bool:
         ctx + ", to be confirmed within 24 h",
         SRC_GRADE,
     )
-    d.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, SRC_WORKUP)
-    d.add(
-        Action.HAEMATOLOGY_REFERRAL,
-        Priority.ASAP,
-        ctx,
-        SRC_WORKUP,
-        detail="haematology referral, mandatory below 1.0",
-    )
+    d.smear_and_referral(Priority.ASAP, ctx)
     return True
 
 
@@ -864,14 +869,7 @@ def _row_4(f: Facts, d: _Decision, t: Thresholds) -> bool:
         d.repeat(
             Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, ctx, SRC_WORKUP
         )
-    d.add(Action.PERIPHERAL_SMEAR, Priority.URGENT, ctx, SRC_WORKUP)
-    d.add(
-        Action.HAEMATOLOGY_REFERRAL,
-        Priority.URGENT,
-        ctx,
-        SRC_WORKUP,
-        detail="haematology referral, mandatory below 1.0",
-    )
+    d.smear_and_referral(Priority.URGENT, ctx)
     return True
 
 
