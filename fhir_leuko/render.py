@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from fhir_leuko.clinical.model import Action, Analyte, Assessment, Recommendation
+from fhir_leuko.clinical.model import Action, Analyte, Assessment, Recommendation, num, when
 from fhir_leuko.fhirio.codes import ACTION_DISPLAY
 from fhir_leuko.logs import escape
 
@@ -39,12 +39,6 @@ def display_units(text: str) -> str:
     if "10^" not in text and "10*" not in text:
         return text
     return _COUNT_UNIT_TEXT.sub(_unit, text)
-
-
-def when(dt: datetime) -> str:
-    """``2026-03-04 06:10 UTC`` (formatted by hand: strftime costs several µs a call)."""
-    u = dt.astimezone(UTC)
-    return f"{u.year:04d}-{u.month:02d}-{u.day:02d} {u.hour:02d}:{u.minute:02d} UTC"
 
 
 def window(rec: Recommendation, now: datetime) -> str:
@@ -82,16 +76,20 @@ def text_report(a: Assessment) -> str:
         ):
             v = d.value(analyte)
             if v is not None:
-                vals.append(f"{label} {v:g} {unit}")
+                vals.append(f"{label} {num(v)} {unit}")
         if d.anc is not None:
-            vals.insert(1, f"ANC {d.anc:g} {COUNT_UNIT}{' (derived)' if d.anc_derived else ''}")
+            vals.insert(1, f"ANC {num(d.anc)} {COUNT_UNIT}{' (derived)' if d.anc_derived else ''}")
         else:
             vals.insert(1, "ANC unknown")
         prelim = " (PRELIMINARY)" if d.preliminary else ""
-        lines.append(f"Index CBC {d.time.isoformat()}{prelim}: " + ", ".join(vals))
+        lines.append(f"Index CBC {when(d.time)}{prelim}: " + ", ".join(vals))
     lines.append("")
-    label = _INDICATOR[a.risk.value]
-    lines.append(f"[{label}] Risk {a.risk.value.upper()} - {a.headline}")
+    if not a.assessable:
+        # Decision table 1.8: its own outcome, never "normal" and never a risk.
+        lines.append(f"[COULD NOT BE ASSESSED] {a.headline}")
+    else:
+        label = _INDICATOR[a.risk.value]
+        lines.append(f"[{label}] Risk {a.risk.value.upper()} - {a.headline}")
     _section(lines, "Findings:", [f"{f.text}  [{f.source}]" for f in a.findings])
     if a.recommendations:
         lines.append("")

@@ -32,12 +32,13 @@ from fhir_leuko.clinical.model import (
     Recommendation,
     Risk,
     RuleHit,
+    num,
+    when,
 )
 from fhir_leuko.clinical.references import BY_SHORT, row_anchor
 from fhir_leuko.fhirio import codes, emit
 from fhir_leuko.markdown import md
 from fhir_leuko.render import COUNT_UNIT, display_units, window
-from fhir_leuko.render import when as _when
 
 JSON = dict[str, Any]
 Indicator = Literal["info", "warning", "critical"]
@@ -100,7 +101,7 @@ def _summary(text: str) -> str:
 
 
 def _num(v: float | None) -> str:
-    return "–" if v is None else f"{v:g}"
+    return "–" if v is None else num(v)
 
 
 # --- Identifiers -----------------------------------------------------------------------------
@@ -255,22 +256,22 @@ def _index_lines(a: Assessment) -> list[str]:
     anc = (
         "ANC unknown"
         if d.anc is None
-        else f"ANC {d.anc:g} {COUNT_UNIT}"
+        else f"ANC {num(d.anc)} {COUNT_UNIT}"
         + (" (derived)" if d.anc_derived else "")
-        + f" (lower limit {a.anc_lln:g})"
+        + f" (lower limit {num(a.anc_lln)})"
     )
     values = [anc]
     for analyte, label, unit in _VALUE_LABELS:
         v = d.value(analyte)
         if v is None:
             continue
-        limit = f" (lower limit {a.wbc_lln:g})" if analyte is Analyte.WBC and a.wbc_lln else ""
-        values.append(f"{label} {v:g} {unit}{limit}")
+        limit = f" (lower limit {num(a.wbc_lln)})" if analyte is Analyte.WBC and a.wbc_lln else ""
+        values.append(f"{label} {num(v)} {unit}{limit}")
     if d.value(Analyte.WBC) is None and a.wbc is not None:
-        values.append(f"WBC (latest available) {a.wbc:g} {COUNT_UNIT}")
+        values.append(f"WBC (latest available) {num(a.wbc)} {COUNT_UNIT}")
     grade = a.grade.value if a.grade is not NeutropeniaGrade.UNKNOWN else "unknown (no ANC)"
     return [
-        f"**Latest CBC** {_when(d.time)}{prelim}: {', '.join(values)}. "
+        f"**Latest CBC** {when(d.time)}{prelim}: {', '.join(values)}. "
         f"**Neutropenia grade:** {grade}."
     ]
 
@@ -531,7 +532,7 @@ def medication_check_response(
     if not drugs or not shows_neutropenia(a) or a.index_draw is None:
         return m.CdsResponse(cards=[])
     d = a.index_draw
-    anc = "unknown" if d.anc is None else f"{d.anc:g}" + (" (derived)" if d.anc_derived else "")
+    anc = "unknown" if d.anc is None else num(d.anc) + (" (derived)" if d.anc_derived else "")
     counts = f"ANC {anc}, WBC {_num(d.value(Analyte.WBC) or a.wbc)} on {d.time.date().isoformat()}"
     grade = a.grade.value if a.grade is not NeutropeniaGrade.UNKNOWN else "unknown-grade"
     basis = emit.risk_assessment_identifier(a)

@@ -12,11 +12,11 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from fhir_leuko.clinical.model import Assessment
+from fhir_leuko.clinical.model import Assessment, when
 from fhir_leuko.clinical.references import BY_SHORT, REFERENCES, Reference, row_anchor
 from fhir_leuko.clinical.thresholds import Thresholds
 from fhir_leuko.fhirio.codes import ACTION_DISPLAY
-from fhir_leuko.render import display_units, when, window
+from fhir_leuko.render import display_units, window
 from fhir_leuko.web.html import page
 from fhir_leuko.web.trend import Trend, build_trend, grade_words, svg_chart
 

@@ -15,11 +15,11 @@ from datetime import UTC, date, datetime, timedelta
 from html import escape
 from typing import Any
 
-from fhir_leuko.clinical.model import Analyte, Assessment, Draw, NeutropeniaGrade, num
+from fhir_leuko.clinical.model import Analyte, Assessment, Draw, NeutropeniaGrade, num, when
 from fhir_leuko.clinical.references import row_anchor
 from fhir_leuko.clinical.thresholds import Thresholds
 from fhir_leuko.fhirio.codes import ACTION_DISPLAY, LOINC, LOINC_ANALYTES
-from fhir_leuko.render import COUNT_UNIT, display_units, when, window
+from fhir_leuko.render import COUNT_UNIT, display_units, window
 
 JSON = dict[str, Any]
 

@@ -119,7 +119,7 @@ def test_detail_shows_values_grade_and_sources_and_leaves_the_trend_to_the_chart
     card = body["cards"][0]
     detail = card["detail"]
     assert "ANC 0.8 ×10⁹/L (lower limit 1.5)" in detail
-    assert "WBC 2.4 ×10⁹/L (lower limit 4)" in detail
+    assert "WBC 2.4 ×10⁹/L (lower limit 4.0)"  # one number formatter: 4.0 everywhere in detail
     assert "**Neutropenia grade:** moderate" in detail
     assert "| 3.6 |" not in detail  # the counts over time are the app's
     assert "10^9" not in detail and "10*3" not in detail
