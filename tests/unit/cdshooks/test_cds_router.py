@@ -364,6 +364,26 @@ def test_malformed_json_is_400(client: TestClient) -> None:
     assert "not valid JSON" in r.json()["issue"][0]["diagnostics"]
 
 
+def test_a_leading_byte_order_mark_is_skipped(client: TestClient) -> None:
+    """RFC 8259 8.1 lets a parser ignore a UTF-8 BOM; a Windows-built client may send one."""
+    bom = b"\xef\xbb\xbf"
+    ctype = {"Content-Type": "application/json"}
+    r = client.post(PV, content=bom + json.dumps(pv_request()).encode(), headers=ctype)
+    assert r.status_code == 200, r.text
+    assert r.json()["cards"][0]["indicator"] == "critical"
+    feedback = {
+        "feedback": [
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-03-10T12:00:00Z",
+            }
+        ]
+    }
+    r = client.post(PV + "/feedback", content=bom + json.dumps(feedback).encode(), headers=ctype)
+    assert r.status_code == 200, r.text
+
+
 def test_json_that_is_not_an_object_is_400(client: TestClient) -> None:
     r = client.post(PV, content=b"[]", headers={"Content-Type": "application/json"})
     assert r.status_code == 400
