@@ -110,7 +110,7 @@ def test_every_handler_of_serve_uses_an_escaping_formatter(log_format: str) -> N
 def test_log_format_is_a_setting() -> None:
     assert load_settings(env={}).service.log_format == "text"
     assert load_settings(env={"FHIR_LEUKO_LOG_FORMAT": "JSON"}).service.log_format == "JSON"
-    with pytest.raises(ConfigError, match="log_format must be one of text, json"):
+    with pytest.raises(ConfigError, match="FHIR_LEUKO_LOG_FORMAT must be one of text, json"):
         load_settings(env={"FHIR_LEUKO_LOG_FORMAT": "xml"})
 
 

@@ -310,7 +310,7 @@ def test_public_url_follows_the_port_unless_configured(
 def test_an_unknown_log_level_is_refused_when_settings_load() -> None:
     from fhir_leuko.config import load_settings
 
-    with pytest.raises(ConfigError, match="log_level must be one of"):
+    with pytest.raises(ConfigError, match="FHIR_LEUKO_LOG_LEVEL must be one of"):
         load_settings(env={"FHIR_LEUKO_LOG_LEVEL": "loud"})
 
 
