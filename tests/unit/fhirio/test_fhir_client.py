@@ -21,7 +21,6 @@ import orjson
 import pytest
 import respx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_leuko.errors import FatalFhirServerError, InputError, TemporaryFhirServerError
@@ -32,6 +31,7 @@ from fhir_leuko.fhirio.client import (
     bundle_resources,
     parse_retry_after,
 )
+from tests.jwtkeys import RSA_KEY, private_pem
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "fhir_server"
 HAPI = "https://hapi.fhir.org/baseR4"
@@ -166,16 +166,8 @@ def mock_hapi_three_pages(mock: respx.MockRouter) -> list[respx.Route]:
     ]
 
 
-@functools.cache
 def rsa_key_pair() -> tuple[bytes, rsa.RSAPublicKey]:
-    """One throwaway key per test run: generating RSA keys is the slow part of these tests."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return pem, key.public_key()
+    return private_pem(RSA_KEY), RSA_KEY.public_key()
 
 
 def smart_auth(private_pem: bytes, fake_time: FakeTime) -> SmartBackendAuth:
