@@ -10,10 +10,10 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -21,9 +21,12 @@ from fhir_leuko import __version__, logs
 from fhir_leuko.config import DERIVED_BASE_URL, load_settings, local_base_url
 from fhir_leuko.errors import ConfigError, FhirServerError, InputError, LeukoError
 from fhir_leuko.fhirio import emit
-from fhir_leuko.fhirio.client import FhirClient
+from fhir_leuko.fhirio.ingest import load_json
 from fhir_leuko.render import text_report
 from fhir_leuko.service import evaluate
+
+if TYPE_CHECKING:
+    from fhir_leuko.fhirio.client import FhirClient
 
 EXIT_INPUT = 2
 EXIT_SERVER = 3
@@ -42,8 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fhir-leuko {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("evaluate", help="evaluate a FHIR Bundle (or list of resources) file")
-    ev.add_argument("file", help="FHIR JSON file, or - for standard input")
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate FHIR Bundle (or list of resources) files",
+        description="Evaluates each input: a FHIR JSON file (a Bundle, a list of resources or"
+        " one resource), each line of an NDJSON file (*.ndjson, *.jsonl, or any file with"
+        " --ndjson), and the *.json, *.ndjson and *.jsonl files directly in a directory (by"
+        " name). One FILE that is a JSON file or -: one output Bundle, indented. Anything else:"
+        " one output per input, in input order - with --format json one line per input (NDJSON:"
+        " the output Bundle, or an OperationOutcome naming the input that could not be read),"
+        " with --format text each report under a '==> NAME <==' header. Exit 0 when every"
+        " input was evaluated, 2 when any could not be (the others are still evaluated).",
+    )
+    ev.add_argument(
+        "file", nargs="+", help="FHIR JSON or NDJSON file, directory, or - for standard input"
+    )
+    ev.add_argument(
+        "--ndjson", action="store_true", help="read every FILE (and -) as NDJSON, one input a line"
+    )
     ev.add_argument("--now", type=_parse_now, help="evaluation time, ISO-8601 (default: now, UTC)")
     ev.add_argument(
         "--format",
@@ -168,28 +187,91 @@ def _read(path: str) -> bytes:
         raise InputError(f"{path}: permission denied") from None
 
 
+NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+
+
+def _inputs(args: argparse.Namespace) -> Iterator[tuple[str, bytes | InputError]]:
+    """Each input of ``evaluate`` as (name, raw JSON), or (name, why it cannot be read)."""
+    for arg in args.file:
+        paths = [arg]
+        if arg != "-" and Path(arg).is_dir():
+            paths = sorted(
+                str(p)
+                for p in Path(arg).iterdir()
+                if p.suffix in (".json", *NDJSON_SUFFIXES) and p.is_file()
+            )
+        for path in paths:
+            try:
+                data = _read(path)
+            except InputError as exc:
+                yield path, exc
+                continue
+            if not (args.ndjson or path.endswith(NDJSON_SUFFIXES)):
+                yield path, data
+                continue
+            # NDJSON: one resource or Bundle a line; a byte order mark only before the first.
+            lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield f"{path}:{number}", line
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    data = _read(args.file)
-    try:
-        assessment = evaluate(data, now=args.now, thresholds=settings.thresholds)
-    except InputError as exc:
-        raise InputError(f"{args.file}: {exc}") from None
-    if args.format == "text":
-        sys.stdout.write(text_report(assessment))
-    elif args.format == "html":
-        from fhir_leuko.web.report import html_report
-
-        configured = settings.origins.get("service.public_base_url") != DERIVED_BASE_URL
-        rules = f"{settings.service.public_base_url.rstrip('/')}/rules" if configured else None
-        doc = orjson.loads(data)
-        sys.stdout.buffer.write(
-            html_report(assessment, doc, settings.thresholds, rules).encode("utf-8")
+    single = (
+        len(args.file) == 1
+        and not args.ndjson
+        and (
+            args.file[0] == "-"
+            or not (args.file[0].endswith(NDJSON_SUFFIXES) or Path(args.file[0]).is_dir())
         )
-    else:
-        out = emit.bundle(assessment)
-        sys.stdout.buffer.write(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")
-    return 0
+    )
+    if args.format == "html" and not single:
+        raise InputError("--format html writes one page: give one input file")
+    failed = False
+    out = sys.stdout.buffer
+    for name, data in _inputs(args):
+        if not single and args.format == "text":
+            out.write(f"==> {name} <==\n".encode())
+        try:
+            if isinstance(data, InputError):
+                raise data
+            assessment = evaluate(data, now=args.now, thresholds=settings.thresholds)
+        except InputError as exc:
+            message = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+            if single:
+                raise InputError(message) from None
+            failed = True
+            print(f"fhir-leuko: error: {message}", file=sys.stderr)
+            if args.format == "json":
+                out.write(orjson.dumps(_outcome(message)) + b"\n")
+            else:
+                out.write(f"error: {message}\n\n".encode())
+            continue
+        if args.format == "text":
+            out.write(text_report(assessment).encode())
+            if not single:
+                out.write(b"\n")
+        elif args.format == "html":
+            from fhir_leuko.web.report import html_report
+
+            configured = settings.origins.get("service.public_base_url") != DERIVED_BASE_URL
+            rules = f"{settings.service.public_base_url.rstrip('/')}/rules" if configured else None
+            doc = load_json(data) if isinstance(data, bytes | str) else data
+            out.write(html_report(assessment, doc, settings.thresholds, rules).encode("utf-8"))
+        elif single:
+            out.write(orjson.dumps(emit.bundle(assessment), option=orjson.OPT_INDENT_2) + b"\n")
+        else:
+            out.write(orjson.dumps(emit.bundle(assessment)) + b"\n")
+    return EXIT_INPUT if failed else 0
+
+
+def _outcome(message: str) -> dict[str, Any]:
+    """The NDJSON line standing for an input that could not be evaluated."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": message}],
+    }
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -264,6 +346,9 @@ SECRET_ENV = "FHIR_LEUKO_NOTIFY_SECRET"
 
 
 def _fhir_client(base: str, token: str | None, timeout: float = 30.0) -> FhirClient:
+    # Imported here: httpx and PyJWT cost most of a short command's start (`evaluate`).
+    from fhir_leuko.fhirio.client import FhirClient
+
     return FhirClient(base, auth=token or os.environ.get(TOKEN_ENV) or None, timeouts=timeout)
 
 

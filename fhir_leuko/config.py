@@ -13,21 +13,28 @@ Environment variables:
 - ``FHIR_LEUKO_<KEY>`` for the keys of the ``[service]`` table, upper-cased, e.g.
   ``FHIR_LEUKO_PUBLIC_BASE_URL``, ``FHIR_LEUKO_INSECURE_DEV=1``,
   ``FHIR_LEUKO_FHIR_SERVER_ALLOWLIST=https://a/fhir,https://b/fhir`` (lists are comma-separated).
+
+Every value is checked when the settings load (type, range, the orderings the decision table
+needs; an empty secret is refused, not read as unset), and so is every ``FHIR_LEUKO_*``
+variable: one that is neither a setting nor in :data:`OTHER_ENV` is refused with its name and
+the closest known one. Messages name the key as it was given (variable, or TOML key and file).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import ConfigError
-from fhir_leuko.logs import check_format, check_level
+from fhir_leuko.logs import FORMATS, LEVELS
 
 ENV_PREFIX = "FHIR_LEUKO_"
 THRESHOLD_ENV_PREFIX = "FHIR_LEUKO_T_"
@@ -185,23 +192,28 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
-def _coerce(name: str, default: Any, raw: Any, where: str) -> Any:
-    """Convert a TOML or env value to the type of the default, or fail with a clear message."""
+def _coerce(label: str, default: Any, raw: Any) -> Any:
+    """Convert a TOML or env value to the type of the default, or fail naming the key."""
     try:
         if isinstance(default, bool):
             if isinstance(raw, bool):
                 return raw
-            if str(raw).lower() in ("1", "true", "yes", "on"):
+            if isinstance(raw, str) and raw.strip().lower() in _TRUE:
                 return True
-            if str(raw).lower() in ("0", "false", "no", "off", ""):
+            if isinstance(raw, str) and raw.strip().lower() in _FALSE:
                 return False
+            raise ValueError(raw)
+        if isinstance(raw, bool):  # TOML `port = true`: a bool is no number
             raise ValueError(raw)
         if isinstance(default, int):
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError(raw)
             return int(raw)
         if isinstance(default, float):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if isinstance(default, tuple):
             if isinstance(raw, str):
                 return tuple(p.strip() for p in raw.split(",") if p.strip())
@@ -213,23 +225,44 @@ def _coerce(name: str, default: Any, raw: Any, where: str) -> Any:
             if not isinstance(raw, str):
                 raise ValueError(raw)
             return raw
-    except (TypeError, ValueError):
-        kind = "str" if default is None else type(default).__name__
-        raise ConfigError(f"{where}: '{name}' must be a {kind}, got {raw!r}") from None
-    raise ConfigError(f"{where}: '{name}' has an unsupported type")
+    except (TypeError, ValueError, OverflowError):
+        kind = {bool: "boolean (true or false)", int: "whole number", float: "finite number"}.get(
+            type(default), "list of strings" if isinstance(default, tuple) else "string"
+        )
+        raise ConfigError(f"{label} must be a {kind}, got {raw!r:.60}") from None
+    raise ConfigError(f"{label} has an unsupported type")
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def _apply(
-    obj: Any, values: Mapping[str, Any], where: str, section: str, origins: dict[str, str]
+    obj: Any,
+    values: Mapping[str, Any],
+    section: str,
+    label_of: Callable[[str], str],
+    where: str,
+    origins: dict[str, str],
+    labels: dict[str, str],
 ) -> Any:
+    """``obj`` with ``values`` applied; each key's label (how the user wrote it) remembered for
+    the messages of :func:`_validate`."""
     known = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     changes: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in known:
-            raise ConfigError(f"{where}: unknown setting '{section}.{key}'")
-        changes[key] = _coerce(key, known[key], raw, where)
+            raise ConfigError(f"unknown setting {label_of(key)}{_suggest(key, known)}")
+        label = label_of(key)
+        changes[key] = _coerce(label, known[key], raw)
         origins[f"{section}.{key}"] = where
+        labels[f"{section}.{key}"] = label
     return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 DERIVED_BASE_URL = "derived from host and port"
@@ -240,18 +273,105 @@ def local_base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+# FHIR_LEUKO_* variables read outside this module, accepted beside the settings: the fetch,
+# subscribe and check-server commands' bearer token and notification secret (fhir_leuko/cli.py),
+# and the knobs of the test suite's end-to-end and live runs, which start `serve` processes
+# with them set (tests/integration/sub_e2e_support.py, tests/live/).
+OTHER_ENV = frozenset(
+    {
+        f"{ENV_PREFIX}CONFIG",
+        f"{ENV_PREFIX}FHIR_TOKEN",
+        f"{ENV_PREFIX}NOTIFY_SECRET",
+        f"{ENV_PREFIX}E2E_PAUSE_AT",
+        f"{ENV_PREFIX}E2E_MARKER",
+        f"{ENV_PREFIX}LIVE_HAPI",
+        f"{ENV_PREFIX}LIVE_SMART",
+    }
+)
+_SERVICE_KEYS = tuple(f.name for f in dataclasses.fields(ServiceSettings))
+_THRESHOLD_KEYS = tuple(f.name for f in dataclasses.fields(Thresholds))
+_ENDPOINT_KEYS = tuple(f.name for f in dataclasses.fields(SubscriptionEndpoint))
+
+
+def _env_label(name: str) -> Callable[[str], str]:
+    return lambda key: name
+
+
+def _file_label(where: str, section: str) -> Callable[[str], str]:
+    return lambda key: f"'{section}.{key}' in {where}"
+
+
+def _known_env_names() -> list[str]:
+    return [
+        *OTHER_ENV,
+        *(f"{ENV_PREFIX}{k.upper()}" for k in _SERVICE_KEYS),
+        *(f"{THRESHOLD_ENV_PREFIX}{k.upper()}" for k in _THRESHOLD_KEYS),
+    ]
+
+
+def _split_env(
+    env: Mapping[str, str],
+) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]], dict[str, dict[str, str]]]:
+    """The ``FHIR_LEUKO_*`` variables by kind: service key -> (variable, value), threshold
+    key -> (variable, value), endpoint name -> {key: variable}. Any other ``FHIR_LEUKO_*``
+    variable is refused: a misspelt one would otherwise leave a setting silently unset."""
+    service: dict[str, tuple[str, str]] = {}
+    thresholds: dict[str, tuple[str, str]] = {}
+    endpoints: dict[str, dict[str, str]] = {}
+    for k, v in env.items():
+        if not k.startswith(ENV_PREFIX) or k in OTHER_ENV:
+            continue
+        if k.startswith(ENDPOINT_ENV_PREFIX):
+            name, sep, key = k[len(ENDPOINT_ENV_PREFIX) :].partition("__")
+            if not sep or not name or not key:
+                raise ConfigError(f"environment: {k} must be {ENDPOINT_ENV_PREFIX}<NAME>__<KEY>")
+            if key.lower() not in _ENDPOINT_KEYS:
+                close = difflib.get_close_matches(key.lower(), _ENDPOINT_KEYS, n=1, cutoff=0.75)
+                hint = f" (did you mean {k[: -len(key)]}{close[0].upper()}?)" if close else ""
+                raise ConfigError(f"unknown environment variable {k}{hint}")
+            endpoints.setdefault(name.lower(), {})[key.lower()] = k
+        elif k.startswith(THRESHOLD_ENV_PREFIX) and k[len(THRESHOLD_ENV_PREFIX) :].lower() in (
+            _THRESHOLD_KEYS
+        ):
+            thresholds[k[len(THRESHOLD_ENV_PREFIX) :].lower()] = (k, v)
+        elif k[len(ENV_PREFIX) :].lower() in _SERVICE_KEYS:
+            service[k[len(ENV_PREFIX) :].lower()] = (k, v)
+        else:
+            close = difflib.get_close_matches(k.upper(), _known_env_names(), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown environment variable {k}{hint}")
+    return service, thresholds, endpoints
+
+
+def _apply_env(
+    obj: Any,
+    values: Mapping[str, tuple[str, str]],
+    section: str,
+    origins: dict[str, str],
+    labels: dict[str, str],
+) -> Any:
+    for key, (name, raw) in values.items():
+        obj = _apply(obj, {key: raw}, section, _env_label(name), "environment", origins, labels)
+    return obj
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
-    """Load settings: defaults, then the TOML file, then environment variables."""
+    """Load settings: defaults, then the TOML file, then environment variables.
+
+    Every value is checked (type, range, the orderings the decision table needs) with a
+    message naming the key as it was given: the TOML key and file, or the variable.
+    """
     env = os.environ if env is None else env
     origins: dict[str, str] = {}
+    labels: dict[str, str] = {}
     data: dict[str, Any] = {}
     file = path or env.get(f"{ENV_PREFIX}CONFIG")
     if file:
         p = Path(file)
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = tomllib.loads(p.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
@@ -259,27 +379,19 @@ def load_settings(
         unknown = set(data) - {"thresholds", "service", "issuers", "endpoints"}
         if unknown:
             raise ConfigError(f"{p}: unknown section(s) {', '.join(sorted(unknown))}")
+        for section in ("thresholds", "service", "issuers", "endpoints"):
+            if not isinstance(data.get(section, {}), dict):
+                raise ConfigError(f"{p}: [{section}] must be a table")
     where = str(file) if file else ""
-    thresholds = _apply(
-        DEFAULT_THRESHOLDS, data.get("thresholds", {}), where, "thresholds", origins
-    )
-    service = _apply(ServiceSettings(), data.get("service", {}), where, "service", origins)
+    s_env, t_env, e_env = _split_env(env)
 
-    t_env = {
-        k[len(THRESHOLD_ENV_PREFIX) :].lower(): v
-        for k, v in env.items()
-        if k.startswith(THRESHOLD_ENV_PREFIX)
-    }
-    thresholds = _apply(thresholds, t_env, "environment", "thresholds", origins)
-    s_names = {f.name for f in dataclasses.fields(ServiceSettings)}
-    s_env = {
-        k[len(ENV_PREFIX) :].lower(): v
-        for k, v in env.items()
-        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() in s_names
-    }
-    service = _apply(service, s_env, "environment", "service", origins)
-    check_level(service.log_level)
-    check_format(service.log_format)
+    def apply_file(obj: Any, values: Mapping[str, Any], section: str) -> Any:
+        return _apply(obj, values, section, _file_label(where, section), where, origins, labels)
+
+    thresholds = apply_file(DEFAULT_THRESHOLDS, data.get("thresholds", {}), "thresholds")
+    thresholds = _apply_env(thresholds, t_env, "thresholds", origins, labels)
+    service = apply_file(ServiceSettings(), data.get("service", {}), "service")
+    service = _apply_env(service, s_env, "service", origins, labels)
     if not service.public_base_url:
         service = dataclasses.replace(
             service, public_base_url=local_base_url(service.host, service.port)
@@ -290,47 +402,171 @@ def load_settings(
     for iss, raw in (data.get("issuers") or {}).items():
         if not isinstance(raw, dict):
             raise ConfigError(f'{where}: [issuers."{iss}"] must be a table')
-        issuers[iss] = _apply(IssuerTrustConfig(), raw, where, f"issuers.{iss}", origins)
+        issuers[iss] = apply_file(IssuerTrustConfig(), raw, f"issuers.{iss}")
     endpoints: dict[str, SubscriptionEndpoint] = {}
     for name, raw in (data.get("endpoints") or {}).items():
         if not isinstance(raw, dict) or "fhir_base" not in raw:
             raise ConfigError(f"{where}: [endpoints.{name}] needs fhir_base")
-        endpoints[name] = _apply(
-            SubscriptionEndpoint(fhir_base=str(raw["fhir_base"])),
-            {k: v for k, v in raw.items() if k != "fhir_base"},
-            where,
-            f"endpoints.{name}",
-            origins,
-        )
+        endpoints[name] = apply_file(SubscriptionEndpoint(fhir_base=""), raw, f"endpoints.{name}")
     # FHIR_LEUKO_ENDPOINT__<NAME>__<KEY>: secrets belong in the environment, not in files.
-    e_env: dict[str, dict[str, str]] = {}
-    for k, v in env.items():
-        if k.startswith(ENDPOINT_ENV_PREFIX):
-            name, sep, key = k[len(ENDPOINT_ENV_PREFIX) :].partition("__")
-            if not sep or not name or not key:
-                raise ConfigError(f"environment: {k} must be {ENDPOINT_ENV_PREFIX}<NAME>__<KEY>")
-            e_env.setdefault(name.lower(), {})[key.lower()] = v
-    for name, raw_env in e_env.items():
+    for name, variables in e_env.items():
         base = endpoints.get(name)
         if base is None:
-            if "fhir_base" not in raw_env:
+            if "fhir_base" not in variables:
                 raise ConfigError(
                     f"environment: endpoint '{name}' needs {ENDPOINT_ENV_PREFIX}"
                     f"{name.upper()}__FHIR_BASE"
                 )
-            base = SubscriptionEndpoint(fhir_base=raw_env["fhir_base"])
-            origins[f"endpoints.{name}.fhir_base"] = "environment"
-        rest = {k: v for k, v in raw_env.items() if k != "fhir_base" or name in endpoints}
-        endpoints[name] = _apply(base, rest, "environment", f"endpoints.{name}", origins)
-    _check(thresholds)
-    return Settings(thresholds, service, issuers, endpoints, origins)
+            base = SubscriptionEndpoint(fhir_base="")
+        given = {key: (variable, env[variable]) for key, variable in variables.items()}
+        endpoints[name] = _apply_env(base, given, f"endpoints.{name}", origins, labels)
+    settings = Settings(thresholds, service, issuers, endpoints, origins)
+    _validate(settings, labels)
+    return settings
 
 
-def _check(t: Thresholds) -> None:
-    """Reject overrides that would make the decision table incoherent."""
-    if not (0 < t.anc_severe_floor < t.anc_moderate_floor < t.anc_mild_floor <= t.anc_lln_adult):
-        raise ConfigError(
-            "ANC tiers must satisfy 0 < severe floor < moderate floor < mild floor <= adult LLN"
+# --- Validation ----------------------------------------------------------------------------------
+
+Check = tuple[Callable[[Any], bool], str]
+_POSITIVE: Check = (lambda v: v > 0, "greater than 0")
+_NOT_NEGATIVE: Check = (lambda v: v >= 0, "0 or more")
+_AT_LEAST_ONE: Check = (lambda v: v >= 1, "1 or more")
+_NOT_BLANK: Check = (lambda v: bool(v.strip()), "a non-empty string")
+_HTTP_URL: Check = (
+    lambda v: v.startswith(("http://", "https://")) and len(v) > len("https://"),
+    "an http:// or https:// URL",
+)
+_HTTP_URL_OR_UNSET: Check = (lambda v: v == "" or _HTTP_URL[0](v), _HTTP_URL[1])
+
+SERVICE_CHECKS: dict[str, Check] = {
+    "host": _NOT_BLANK,
+    "port": (lambda v: 1 <= v <= 65535, "a port number from 1 to 65535"),
+    "workers": _AT_LEAST_ONE,
+    "replay_db": _NOT_BLANK,
+    "public_base_url": _HTTP_URL,
+    "log_level": (lambda v: v.strip().lower() in LEVELS, f"one of {', '.join(LEVELS)}"),
+    "log_format": (lambda v: v.strip().lower() in FORMATS, f"one of {', '.join(FORMATS)}"),
+    "fhir_server_allowlist": (lambda v: all(_HTTP_URL[0](u) for u in v), "http(s) URLs"),
+    "cors_origins": (lambda v: all(o == "*" or _HTTP_URL[0](o) for o in v), "http(s) origins"),
+    "feedback_db": _NOT_BLANK,
+    "queue_db": _NOT_BLANK,
+    "max_body_bytes": _AT_LEAST_ONE,
+    "header_timeout_s": _POSITIVE,
+    "body_timeout_s": _POSITIVE,
+    "keep_alive_s": _POSITIVE,
+    "limit_concurrency": _NOT_NEGATIVE,
+    "fetch_timeout_s": _POSITIVE,
+    "jwt_max_lifetime_s": _AT_LEAST_ONE,
+    "jwt_clock_skew_s": _NOT_NEGATIVE,
+    "app_client_id": _NOT_BLANK,
+    "gc_gen0_threshold": _NOT_NEGATIVE,
+    "worker_poll_s": _POSITIVE,
+    "worker_lease_s": _POSITIVE,
+    "worker_max_attempts": _AT_LEAST_ONE,
+    "worker_backoff_s": _POSITIVE,
+    "worker_backoff_cap_s": _POSITIVE,
+    "gap_grace_s": _NOT_NEGATIVE,
+    "catchup_lookback_s": _POSITIVE,
+    "queue_keep_done_days": _POSITIVE,
+    "database_url": (
+        lambda v: v == "" or v.startswith(("postgresql://", "postgres://")),
+        "a postgresql:// URL",
+    ),
+    "db_timeout_s": _POSITIVE,
+    "worker_concurrency": _AT_LEAST_ONE,
+    "readyz_max_queue_depth": _NOT_NEGATIVE,
+}
+ENDPOINT_CHECKS: dict[str, Check] = {
+    "fhir_base": _HTTP_URL,
+    "header_name": _NOT_BLANK,
+    "hmac_header": _NOT_BLANK,
+    "smart_token_url": _HTTP_URL_OR_UNSET,
+    "smart_algorithm": (lambda v: v in ("RS384", "ES384"), "RS384 or ES384"),
+}
+# Secrets: left out, they are unset (None, or "" for the database URL); given, they must hold
+# something. An empty value is refused rather than read as "unset", so a deployment whose
+# secret failed to reach its environment stops instead of running without it.
+SECRETS = ("service.database_url", "header_value", "hmac_secret", "token")
+
+
+def _validate(settings: Settings, labels: Mapping[str, str]) -> None:
+    def fail(key: str, value: Any, expected: str) -> NoReturn:
+        label = labels.get(key, f"'{key}' (default)")
+        raise ConfigError(f"{label} must be {expected}, got {value!r:.60}")
+
+    def check(section: str, obj: Any, checks: Mapping[str, Check]) -> None:
+        for key, (ok, expected) in checks.items():
+            value = getattr(obj, key)
+            if not ok(value):
+                fail(f"{section}.{key}", value, expected)
+
+    for key, label in labels.items():
+        section, _, name = key.rpartition(".")
+        if key in SECRETS or (section.startswith("endpoints.") and name in SECRETS):
+            obj: Any = (
+                settings.service
+                if section == "service"
+                else settings.endpoints[section.removeprefix("endpoints.")]
+            )
+            if not str(getattr(obj, name)).strip():
+                raise ConfigError(
+                    f"{label} is empty: give the secret, or leave the key out to leave it unset"
+                )
+    check("service", settings.service, SERVICE_CHECKS)
+    svc = settings.service
+    if svc.worker_backoff_cap_s < svc.worker_backoff_s:
+        fail(
+            "service.worker_backoff_cap_s",
+            svc.worker_backoff_cap_s,
+            f"at least worker_backoff_s ({svc.worker_backoff_s})",
         )
-    if t.fever_sustained_c > t.fever_single_c:
-        raise ConfigError("fever_sustained_c must not exceed fever_single_c")
+    for name, ep in settings.endpoints.items():
+        check(f"endpoints.{name}", ep, ENDPOINT_CHECKS)
+    for iss, trust in settings.issuers.items():
+        if trust.jwks_file is not None and not trust.jwks_file.strip():
+            fail(f"issuers.{iss}.jwks_file", trust.jwks_file, "a file name")
+        for url in trust.jku_allowlist:
+            if not _HTTP_URL[0](url):
+                fail(f"issuers.{iss}.jku_allowlist", url, "a list of http(s) URLs")
+    _check(settings.thresholds, labels)
+
+
+def _check(t: Thresholds, labels: Mapping[str, str]) -> None:
+    """Thresholds: positive numbers (day offsets and tolerances may be 0), and the orderings
+    that keep the decision table coherent."""
+
+    def name(key: str) -> str:
+        return labels.get(f"thresholds.{key}", f"'thresholds.{key}' (default)")
+
+    for key in _THRESHOLD_KEYS:
+        value = getattr(t, key)
+        may_be_zero = key.endswith(("_d", "_minutes"))
+        if value < 0 or (value == 0 and not may_be_zero):
+            expected = "0 or more" if may_be_zero else "greater than 0"
+            raise ConfigError(f"{name(key)} must be {expected}, got {value!r}")
+    for key in ("decline_min_draws", "stable_min_draws", "persistent_min_draws"):
+        if getattr(t, key) < 2:
+            raise ConfigError(f"{name(key)} must be 2 or more: a trend needs two draws")
+    orderings = [
+        ("anc_severe_floor", "anc_moderate_floor", "<"),
+        ("anc_moderate_floor", "anc_mild_floor", "<"),
+        ("anc_mild_floor", "anc_lln_adult", "<="),
+        ("fever_sustained_c", "fever_single_c", "<="),
+        ("mcv_min_plausible", "mcv_max_plausible", "<"),
+        ("temp_min_plausible_c", "temp_max_plausible_c", "<"),
+        ("stat_evaluation_hours", "urgent_evaluation_hours", "<="),
+        ("workup_asap_days", "workup_urgent_days", "<="),
+        ("workup_urgent_days", "workup_routine_days", "<="),
+        *(
+            (key, key.removesuffix("_start_d") + "_end_d", "<=")
+            for key in _THRESHOLD_KEYS
+            if key.startswith("repeat_") and key.endswith("_start_d")
+        ),
+    ]
+    for low, high, op in orderings:
+        a, b = getattr(t, low), getattr(t, high)
+        if not (a < b if op == "<" else a <= b):
+            raise ConfigError(
+                f"{name(low)} = {a} must be {'below' if op == '<' else 'at most'} "
+                f"{name(high)} = {b}"
+            )

@@ -31,7 +31,9 @@ def evaluate(
     another server are not this patient's).
     """
     doc = load_json(data) if isinstance(data, bytes | str) else data
-    when = now or datetime.now(UTC)
+    # One instant, one answer: a clock read at another offset (`--now ...-07:00`, a server in
+    # local time) must not move a date in the report or a card window.
+    when = (now or datetime.now(UTC)).astimezone(UTC)
     labs = ingest(doc, patient_id=patient_id, thresholds=thresholds, fhir_base=fhir_base)
     return assess(labs, when, thresholds)
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+# The tests' frozen clock: 2026-03-10T12:00:00Z, read at a non-UTC offset (India, +05:30) as
+# a server's local clock would give it, so that no rule or card window can pass by comparing
+# wall-clock fields instead of instants. at() writes its instants at this offset too.
+IST = timezone(timedelta(hours=5, minutes=30))
+NOW = datetime(2026, 3, 10, 17, 30, tzinfo=IST)
+NOW_UTC = NOW.astimezone(UTC)
 _ids = itertools.count(1)
 
 WBC, ANC, NEUT_PCT, BAND_PCT = "6690-2", "751-8", "770-8", "764-1"

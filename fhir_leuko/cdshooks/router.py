@@ -193,7 +193,8 @@ async def _json_body(request: Request) -> Any:
     if not body:
         raise InputError("the request body is empty; CDS Hooks requests are JSON objects")
     try:
-        doc = orjson.loads(body)
+        # A leading UTF-8 byte order mark is skipped (RFC 8259 8.1), as for notifications.
+        doc = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))
     except orjson.JSONDecodeError as err:
         raise InputError(f"the request body is not valid JSON ({err.args[0]})") from None
     if not isinstance(doc, dict):

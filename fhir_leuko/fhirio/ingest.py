@@ -297,7 +297,15 @@ def duffy_null_stated(text: str) -> bool:
 
 
 def load_json(data: bytes | str) -> Any:
-    """Parse JSON with a one-sentence error for bad input."""
+    """Parse JSON with a one-sentence error for bad input.
+
+    A UTF-8 byte order mark at the start (Windows tools write one) is skipped, as RFC 8259
+    section 8.1 lets a parser do.
+    """
+    if isinstance(data, bytes):
+        data = data.removeprefix(b"\xef\xbb\xbf")
+    else:
+        data = data.removeprefix("\ufeff")
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:

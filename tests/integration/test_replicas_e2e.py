@@ -13,7 +13,6 @@ What is checked is what the FHIR server holds (counted by search) and the shared
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,11 +27,10 @@ import httpx
 import psycopg
 import pytest
 import sub_e2e_support as e2e
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fhirserver.harness import fhir_server, fresh_fhir_server  # noqa: F401
-from jwt.algorithms import RSAAlgorithm
 
 from fhir_leuko.fhirio.client import FhirClient
+from tests.jwtkeys import RSA_KEY, public_jwk, sign, write_jwks
 from tests.postgres.harness import free_port
 
 pytestmark = pytest.mark.integration
@@ -40,7 +38,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = "https://cds.example.org"  # both replicas behind one public name
 ISS = "https://ehr.example.org/fhir"
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PATIENTS = [f"pt-replica-{i}" for i in range(10)]
 
 
@@ -116,19 +113,14 @@ def job_states(database_url: str) -> dict[str, int]:
 
 
 def token(aud: str) -> str:
-    import jwt
-
     now = int(time.time())
     claims = {"iss": ISS, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
-    return jwt.encode(claims, KEY, algorithm="RS384", headers={"kid": "k1", "typ": "JWT"})
+    return sign(claims, "k1", typ="JWT")
 
 
 def write_config(tmp_path: Path) -> None:
-    jwk = {**RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
-    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
-    (tmp_path / "leuko.toml").write_text(
-        f'[issuers."{ISS}"]\njwks_file = "{tmp_path / "jwks.json"}"\n'
-    )
+    jwks = write_jwks(tmp_path / "jwks.json", public_jwk(RSA_KEY, "k1", use="sig"))
+    (tmp_path / "leuko.toml").write_text(f'[issuers."{ISS}"]\njwks_file = "{jwks}"\n')
 
 
 def send(base: str, d: e2e.Delivery) -> None:

@@ -16,12 +16,11 @@ import jwt
 import orjson
 import pytest
 import respx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_leuko import checkserver
 from fhir_leuko.checkserver import FAIL, PASS, SKIP, WARN, Options, Report
 from fhir_leuko.cli import main
+from tests.jwtkeys import RSA_KEY, private_pem
 from tests.unit.checkserver_fake import BASE, FakeFhirServer
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -378,15 +377,8 @@ def test_cli_bad_usage_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_cli_smart_backend_services_gets_a_token_and_asks_for_write_scopes(
     tmp_path: Path,
 ) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "key.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_file.write_bytes(private_pem())
     token_url = "https://auth.example.org/token"
     fake = FakeFhirServer(token="smart-token")
     samples = tmp_path / "samples"
@@ -423,7 +415,7 @@ def test_cli_smart_backend_services_gets_a_token_and_asks_for_write_scopes(
     form = httpx.QueryParams(token.calls.last.request.content.decode())
     assert form["scope"] == checkserver.WRITE_SCOPE
     claims = jwt.decode(
-        form["client_assertion"], key.public_key(), algorithms=["RS384"], audience=token_url
+        form["client_assertion"], RSA_KEY.public_key(), algorithms=["RS384"], audience=token_url
     )
     assert claims["iss"] == "leuko-check"
     assert fake.all() == []

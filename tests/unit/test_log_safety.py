@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -24,7 +23,7 @@ from httpx import Response
 
 from fhir_leuko import logs
 from fhir_leuko.app import ROUTER_BUILDERS, create_app
-from fhir_leuko.config import ServiceSettings, Settings, SubscriptionEndpoint, load_settings
+from fhir_leuko.config import Settings, SubscriptionEndpoint, load_settings
 from fhir_leuko.errors import ConfigError
 from fhir_leuko.fhirio.client import FhirClient
 from fhir_leuko.subscriptions.worker import Worker, open_queue
@@ -110,7 +109,7 @@ def test_every_handler_of_serve_uses_an_escaping_formatter(log_format: str) -> N
 def test_log_format_is_a_setting() -> None:
     assert load_settings(env={}).service.log_format == "text"
     assert load_settings(env={"FHIR_LEUKO_LOG_FORMAT": "JSON"}).service.log_format == "JSON"
-    with pytest.raises(ConfigError, match="log_format must be one of text, json"):
+    with pytest.raises(ConfigError, match="FHIR_LEUKO_LOG_FORMAT must be one of text, json"):
         load_settings(env={"FHIR_LEUKO_LOG_FORMAT": "xml"})
 
 
@@ -129,22 +128,9 @@ def ids() -> dict[str, str]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        service=ServiceSettings(
-            insecure_dev=True,
-            fhir_server_allowlist=(FHIR,),
-            fetch_timeout_s=5.0,
-            feedback_db=str(tmp_path / "fb.sqlite3"),
-            queue_db=str(tmp_path / "queue.sqlite3"),
-            worker_enabled=False,
-        ),
-        endpoints={
-            "ehr": SubscriptionEndpoint(
-                fhir_base=FHIR, header_value="Bearer notify-5x", token="rw-token"
-            )
-        },
-    )
+def settings(app_settings: Callable[..., Settings]) -> Settings:
+    ehr = SubscriptionEndpoint(fhir_base=FHIR, header_value="Bearer notify-5x", token="rw-token")
+    return app_settings(fhir_server_allowlist=(FHIR,), fetch_timeout_s=5.0, endpoints={"ehr": ehr})
 
 
 def boom_router(_settings: Settings) -> APIRouter:

@@ -8,7 +8,7 @@ counters, so only differences are compared).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fhir_leuko.app import create_app
 from fhir_leuko.cdshooks import services
-from fhir_leuko.config import ServiceSettings, Settings, SubscriptionEndpoint
+from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.metrics import jwt_rejection_reason
 from fhir_leuko.subscriptions.queue import Queue
 from fhir_leuko.subscriptions.worker import Worker, enqueue_change
@@ -29,22 +29,13 @@ PV = "/cds-services/leukopenia-patient-view"
 PATIENT_ID = "pt-ops-4711"
 
 
-def settings_for(tmp_path: Path, **service: object) -> Settings:
-    svc: dict[str, object] = {
-        "queue_db": str(tmp_path / "queue.sqlite3"),
-        "feedback_db": str(tmp_path / "feedback.sqlite3"),
-        "worker_enabled": False,
-        "insecure_dev": True,
-        **service,
-    }
-    return Settings(
-        service=ServiceSettings(**svc),  # type: ignore[arg-type]
-        endpoints={
-            "hapi": SubscriptionEndpoint(
-                fhir_base="https://hapi.example.org/fhir", header_value="Bearer tok-7Qx"
-            )
-        },
+@pytest.fixture
+def settings_for(app_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """``settings_for(**service)``: the shared test settings with one notification endpoint."""
+    hapi = SubscriptionEndpoint(
+        fhir_base="https://hapi.example.org/fhir", header_value="Bearer tok-7Qx"
     )
+    return lambda **service: app_settings(endpoints={"hapi": hapi}, **service)
 
 
 def samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -78,16 +69,19 @@ def pv_call() -> dict[str, object]:
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_for(tmp_path))) as c:
-        yield c
+def client(
+    settings_for: Callable[..., Settings], app_client: Callable[..., TestClient]
+) -> TestClient:
+    return app_client(settings_for())
 
 
 def test_healthz_answers_without_touching_anything(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_metrics_parse_and_counters_move_with_the_calls(client: TestClient, tmp_path: Path) -> None:
+def test_metrics_parse_and_counters_move_with_the_calls(
+    client: TestClient, tmp_path: Path, settings_for: Callable[..., Settings]
+) -> None:
     before = samples(client)
     assert client.post(PV, json=pv_call()).status_code == 200
     assert (
@@ -99,7 +93,7 @@ def test_metrics_parse_and_counters_move_with_the_calls(client: TestClient, tmp_
     # A job for an endpoint that is no longer configured is dead-lettered at once.
     with Queue(tmp_path / "queue.sqlite3") as q:
         enqueue_change(q, "gone", "Observation/o1", version="1", patient=f"Patient/{PATIENT_ID}")
-        worker = Worker(q, settings_for(tmp_path))
+        worker = Worker(q, settings_for())
         assert [o.state for o in worker.run_until_idle()] == ["dead"]
     after = samples(client)
 
@@ -131,8 +125,10 @@ def test_metrics_parse_and_counters_move_with_the_calls(client: TestClient, tmp_
     assert PATIENT_ID not in client.get("/metrics").text
 
 
-def test_jwt_rejections_are_counted_by_reason(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, insecure_dev=False)
+def test_jwt_rejections_are_counted_by_reason(
+    tmp_path: Path, settings_for: Callable[..., Settings]
+) -> None:
+    settings = settings_for(insecure_dev=False)
     with TestClient(create_app(settings)) as c:
         before = samples(c)
         assert c.post(PV, json=pv_call()).status_code == 401
@@ -163,8 +159,10 @@ def test_rejection_reasons_are_a_small_fixed_vocabulary(message: str, reason: st
     assert jwt_rejection_reason(message) == reason
 
 
-def test_readyz_is_503_when_the_backlog_is_over_the_bound(tmp_path: Path) -> None:
-    with TestClient(create_app(settings_for(tmp_path, readyz_max_queue_depth=1))) as c:
+def test_readyz_is_503_when_the_backlog_is_over_the_bound(
+    tmp_path: Path, settings_for: Callable[..., Settings]
+) -> None:
+    with TestClient(create_app(settings_for(readyz_max_queue_depth=1))) as c:
         assert c.get("/readyz").status_code == 200
         with Queue(tmp_path / "queue.sqlite3") as q:
             for i in range(2):
@@ -174,7 +172,9 @@ def test_readyz_is_503_when_the_backlog_is_over_the_bound(tmp_path: Path) -> Non
         assert "readyz_max_queue_depth" in r.json()["checks"]["queue"]
 
 
-def test_readyz_follows_the_database_and_the_worker(tmp_path: Path) -> None:
+def test_readyz_follows_the_database_and_the_worker(
+    tmp_path: Path, settings_for: Callable[..., Settings]
+) -> None:
     bindir = ensure_installed()
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (tests/postgres/install.sh installs it)")
@@ -182,7 +182,6 @@ def test_readyz_follows_the_database_and_the_worker(tmp_path: Path) -> None:
     server.start()
     try:
         settings = settings_for(
-            tmp_path,
             database_url=server.url(),
             worker_enabled=True,
             worker_concurrency=2,
@@ -224,11 +223,13 @@ def test_the_database_password_never_leaves_the_configuration() -> None:
     assert settings.origins["service.database_url"] == "environment"
 
 
-def test_fhir_server_errors_seen_by_a_cds_call_are_counted_by_status(tmp_path: Path) -> None:
+def test_fhir_server_errors_seen_by_a_cds_call_are_counted_by_status(
+    tmp_path: Path, settings_for: Callable[..., Settings]
+) -> None:
     import respx
 
     r4 = "https://fhir.example.org/r4"
-    settings = settings_for(tmp_path, fhir_server_allowlist=(r4,))
+    settings = settings_for(fhir_server_allowlist=(r4,))
     call = pv_call()
     prefetch = dict(call["prefetch"])  # type: ignore[call-overload]
     prefetch["medications"] = "omit"

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -312,35 +312,28 @@ def test_public_url_follows_the_port_unless_configured(
 def test_an_unknown_log_level_is_refused_when_settings_load() -> None:
     from fhir_leuko.config import load_settings
 
-    with pytest.raises(ConfigError, match="log_level must be one of"):
+    with pytest.raises(ConfigError, match="FHIR_LEUKO_LOG_LEVEL must be one of"):
         load_settings(env={"FHIR_LEUKO_LOG_LEVEL": "loud"})
 
 
-def test_a_token_replayed_to_another_worker_process_is_refused(tmp_path: Path) -> None:
+def test_a_token_replayed_to_another_worker_process_is_refused(
+    tmp_path: Path, jwks_file: Callable[..., Path]
+) -> None:
     """``serve --workers 2`` with a trusted issuer: each token is accepted once, whichever
     process a new connection reaches; every replay gets 401. (Each call opens a new
     connection, so the kernel spreads them over both processes; a replay cache per process
     would let a replay through as soon as one reaches the other process.)"""
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from jwt.algorithms import RSAAlgorithm
+    from tests.jwtkeys import sign
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
-    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     iss = "https://ehr.example.org/fhir"
-    (tmp_path / "leuko.toml").write_text(
-        f'[issuers."{iss}"]\njwks_file = "{tmp_path / "jwks.json"}"\n'
-    )
+    (tmp_path / "leuko.toml").write_text(f'[issuers."{iss}"]\njwks_file = "{jwks_file("k1")}"\n')
     env = {"FHIR_LEUKO_INSECURE_DEV": "0"}
     for base, _log in _serve(tmp_path, "--workers", "2", "--config", "leuko.toml", **env):
         answers: list[tuple[int, ...]] = []
         for _ in range(8):
             now = int(time.time())
             claims = {"iss": iss, "aud": f"{base}/cds-services", "iat": now, "exp": now + 300}
-            token = jwt.encode(
-                {**claims, "jti": str(uuid.uuid4())}, key, algorithm="RS384", headers={"kid": "k1"}
-            )
+            token = sign({**claims, "jti": str(uuid.uuid4())}, "k1")
             answers.append(
                 tuple(
                     httpx.get(

@@ -15,8 +15,6 @@ import jwt
 import pytest
 import respx
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from fhir_leuko.cdshooks.auth import (
     Claims,
@@ -26,6 +24,7 @@ from fhir_leuko.cdshooks.auth import (
     JwtVerifier,
 )
 from fhir_leuko.errors import AuthError, ConfigError
+from tests.jwtkeys import EC_KEY, OTHER_RSA_KEY, RSA_KEY, public_jwk
 
 pytestmark = pytest.mark.anyio
 
@@ -43,19 +42,6 @@ SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
 OOB_ISS = "https://partner.example.net"
 OOB_KID = "partner-2026"
 EVIL_JKU = "https://attacker.example.com/jwks.json"
-
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP384R1())
-OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def public_jwk(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str, **extra: str) -> Any:
-    if isinstance(key, rsa.RSAPrivateKey):
-        jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    else:
-        jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    return {**jwk, "kid": kid, **extra}
-
 
 EHR_JWKS = {"keys": [public_jwk(RSA_KEY, EHR_KID, use="sig", alg="RS384")]}
 # Like the sandbox's own set: one P-384 key. No "use" here, which must be tolerated.

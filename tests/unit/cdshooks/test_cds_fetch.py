@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -15,9 +14,8 @@ import respx
 from cds_conformance import assert_conformant
 from fastapi.testclient import TestClient
 
-from fhir_leuko.app import create_app
 from fhir_leuko.cdshooks.fetch import normalise_base, server_allowed
-from fhir_leuko.config import ServiceSettings, Settings
+from fhir_leuko.config import Settings
 from tests.builders import NOW, TEMP, at, bundle, cbc, med, obs, patient
 
 FHIR = "https://ehr.example.org/fhir/R4"
@@ -52,18 +50,13 @@ def searchset(*resources: Any, next_url: str | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def cds_client(
+    monkeypatch: pytest.MonkeyPatch,
+    app_settings: Callable[..., Settings],
+    app_client: Callable[..., TestClient],
+) -> TestClient:
     monkeypatch.setattr("fhir_leuko.cdshooks.router.utc_now", lambda: NOW)
-    settings = Settings(
-        service=ServiceSettings(
-            insecure_dev=True,
-            fhir_server_allowlist=(FHIR,),
-            fetch_timeout_s=0.5,
-            feedback_db=str(tmp_path / "fb.sqlite3"),
-        )
-    )
-    with TestClient(create_app(settings)) as c:
-        yield c
+    return app_client(app_settings(fhir_server_allowlist=(FHIR,), fetch_timeout_s=0.5))
 
 
 @pytest.fixture
@@ -126,11 +119,11 @@ def test_normalise_base() -> None:
 
 
 def test_everything_fetched_with_the_bearer_token(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     cbc_route(fhir).respond(json=searchset(cbc(1.2, 0.4)))
     serve_everything_else(fhir)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 200, r.text
     assert_conformant(r.json())
     assert r.json()["cards"][0]["indicator"] == "critical"
@@ -146,9 +139,9 @@ def test_everything_fetched_with_the_bearer_token(
     }
 
 
-def test_only_missing_keys_are_fetched(app_client: TestClient, fhir: respx.MockRouter) -> None:
+def test_only_missing_keys_are_fetched(cds_client: TestClient, fhir: respx.MockRouter) -> None:
     meds = fhir.get("/MedicationRequest").respond(json=searchset(med("clozapine", "2626")))
-    r = app_client.post(
+    r = cds_client.post(
         PV,
         json=request(
             patient=patient(),
@@ -166,14 +159,14 @@ def test_only_missing_keys_are_fetched(app_client: TestClient, fhir: respx.MockR
 
 
 def test_operation_outcome_in_prefetch_is_fetched_instead(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     route = cbc_route(fhir).respond(json=searchset(cbc(1.2, 0.4)))
     outcome = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "timeout"}],
     }
-    r = app_client.post(
+    r = cds_client.post(
         PV,
         json=request(
             patient=patient(),
@@ -189,20 +182,20 @@ def test_operation_outcome_in_prefetch_is_fetched_instead(
     assert r.status_code == 200 and route.call_count == 1
 
 
-def test_search_pages_are_followed(app_client: TestClient, fhir: respx.MockRouter) -> None:
+def test_search_pages_are_followed(cds_client: TestClient, fhir: respx.MockRouter) -> None:
     page2 = f"{FHIR}/Observation?_getpages=abc&_page=2"
     fhir.get("/Observation", params={"_getpages": "abc"}).respond(
         json=searchset(cbc(1.9, 0.8, when=at(0)))
     )
     cbc_route(fhir).respond(json=searchset(cbc(3.0, 1.6, when=at(10)), next_url=page2))
     serve_everything_else(fhir)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 200
     assert "ANC 0.8" in r.json()["cards"][0]["summary"]  # the newest draw was on page 2
 
 
 def test_paging_stops_once_a_page_is_older_than_the_window(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     old = f"{FHIR}/Observation?_getpages=old"
     older = fhir.get("/Observation", params={"_getpages": "older"}).respond(json=EMPTY)
@@ -211,20 +204,20 @@ def test_paging_stops_once_a_page_is_older_than_the_window(
     )
     cbc_route(fhir).respond(json=searchset(cbc(5.0, 2.5, when=at(0)), next_url=old))
     serve_everything_else(fhir)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 200
     assert r.json() == {"cards": []}  # the 800-day-old neutropenia is outside the 24 months
     assert older.call_count == 0
 
 
 def test_prefetch_next_link_is_followed_on_fhir_server(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     page2 = fhir.get("/Observation", params={"page": "2"}).respond(
         json=searchset(cbc(1.1, 0.3, when=at(0)))
     )
     first = searchset(cbc(4.5, 2.0, when=at(5)), next_url=f"{FHIR}/Observation?page=2")
-    r = app_client.post(
+    r = cds_client.post(
         PV,
         json=request(
             patient=patient(),
@@ -241,10 +234,10 @@ def test_prefetch_next_link_is_followed_on_fhir_server(
     assert r.json()["cards"][0]["indicator"] == "critical"
 
 
-def test_prefetch_next_link_elsewhere_is_not_followed_and_said(app_client: TestClient) -> None:
+def test_prefetch_next_link_elsewhere_is_not_followed_and_said(cds_client: TestClient) -> None:
     first = searchset(cbc(1.1, 0.3), next_url="http://169.254.169.254/latest/meta-data")
     with respx.mock(assert_all_called=False) as net:
-        r = app_client.post(
+        r = cds_client.post(
             PV,
             json=request(
                 patient=patient(),
@@ -264,7 +257,7 @@ def test_prefetch_next_link_elsewhere_is_not_followed_and_said(app_client: TestC
 # --- Failures ------------------------------------------------------------------------------------
 
 
-def test_401_on_a_required_key_is_412(app_client: TestClient, fhir: respx.MockRouter) -> None:
+def test_401_on_a_required_key_is_412(cds_client: TestClient, fhir: respx.MockRouter) -> None:
     cbc_route(fhir).respond(
         401,
         json={
@@ -273,7 +266,7 @@ def test_401_on_a_required_key_is_412(app_client: TestClient, fhir: respx.MockRo
         },
     )
     serve_everything_else(fhir)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 412
     text = r.json()["issue"][0]["diagnostics"]
     assert "'cbc' was not prefetched" in text and "401" in text
@@ -281,12 +274,12 @@ def test_401_on_a_required_key_is_412(app_client: TestClient, fhir: respx.MockRo
 
 
 def test_401_on_an_optional_key_still_gives_cards_that_say_so(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     cbc_route(fhir).respond(json=searchset(cbc(1.2, 0.4)))
     serve_everything_else(fhir)
     fhir.get("/MedicationRequest").respond(403)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 200
     detail = r.json()["cards"][0]["detail"]
     assert "Not available: active medications" in detail and "403" in detail
@@ -295,7 +288,7 @@ def test_401_on_an_optional_key_still_gives_cards_that_say_so(
     assert any("active medications" in n["text"] for n in notes)
 
 
-def test_404_patient_is_412(app_client: TestClient, fhir: respx.MockRouter) -> None:
+def test_404_patient_is_412(cds_client: TestClient, fhir: respx.MockRouter) -> None:
     fhir.get("/Patient/p1").respond(404)
     for kind in (
         "Observation",
@@ -305,43 +298,43 @@ def test_404_patient_is_412(app_client: TestClient, fhir: respx.MockRouter) -> N
         "ServiceRequest",
     ):
         fhir.get(f"/{kind}").respond(json=EMPTY)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 412
     assert "'patient'" in r.json()["issue"][0]["diagnostics"]
 
 
-def test_429_with_retry_after_is_retried(app_client: TestClient, fhir: respx.MockRouter) -> None:
+def test_429_with_retry_after_is_retried(cds_client: TestClient, fhir: respx.MockRouter) -> None:
     route = cbc_route(fhir)
     route.side_effect = [
         httpx.Response(429, headers={"Retry-After": "0"}),
         httpx.Response(200, json=searchset(cbc(1.2, 0.4))),
     ]
     serve_everything_else(fhir)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 200
     assert route.call_count == 2
 
 
 def test_429_asking_longer_than_our_budget_is_412_at_once(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     cbc_route(fhir).respond(429, headers={"Retry-After": "30"})
     serve_everything_else(fhir)
     started = time.monotonic()
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 412
     assert time.monotonic() - started < 1.0
 
 
-def test_network_timeout_is_412(app_client: TestClient, fhir: respx.MockRouter) -> None:
+def test_network_timeout_is_412(cds_client: TestClient, fhir: respx.MockRouter) -> None:
     cbc_route(fhir).mock(side_effect=httpx.ConnectTimeout("timed out"))
     serve_everything_else(fhir)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 412
 
 
 def test_a_slow_server_is_cut_off_at_the_budget(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(5)
@@ -350,14 +343,14 @@ def test_a_slow_server_is_cut_off_at_the_budget(
     cbc_route(fhir).mock(side_effect=slow)
     serve_everything_else(fhir)
     started = time.monotonic()
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     elapsed = time.monotonic() - started
     assert r.status_code == 412
     assert elapsed < 2.0, f"the 0.5 s budget was not kept ({elapsed:.2f} s)"
 
 
 def test_a_slow_optional_key_does_not_hold_up_the_cards(
-    app_client: TestClient, fhir: respx.MockRouter
+    cds_client: TestClient, fhir: respx.MockRouter
 ) -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(5)
@@ -366,21 +359,21 @@ def test_a_slow_optional_key_does_not_hold_up_the_cards(
     cbc_route(fhir).respond(json=searchset(cbc(1.2, 0.4)))
     serve_everything_else(fhir)
     fhir.get("/Condition").mock(side_effect=slow)
-    r = app_client.post(PV, json=request())
+    r = cds_client.post(PV, json=request())
     assert r.status_code == 200
     assert "Not available: active conditions" in r.json()["cards"][0]["detail"]
 
 
-def test_server_answering_html_is_412(app_client: TestClient, fhir: respx.MockRouter) -> None:
+def test_server_answering_html_is_412(cds_client: TestClient, fhir: respx.MockRouter) -> None:
     cbc_route(fhir).respond(200, text="<html>login</html>", headers={"Content-Type": "text/html"})
     serve_everything_else(fhir)
-    assert app_client.post(PV, json=request()).status_code == 412
+    assert cds_client.post(PV, json=request()).status_code == 412
 
 
 # --- Time windows (no date tokens in CDS Hooks 2.0) ---------------------------------------------
 
 
-def test_old_fever_is_outside_the_48_hour_window(app_client: TestClient) -> None:
+def test_old_fever_is_outside_the_48_hour_window(cds_client: TestClient) -> None:
     base = {
         "patient": patient(),
         "cbc": searchset(cbc(2.0, 0.8, when=at(3))),
@@ -389,18 +382,18 @@ def test_old_fever_is_outside_the_48_hour_window(app_client: TestClient) -> None
         "conditions": None,
         "openOrders": None,
     }
-    recent = app_client.post(
+    recent = cds_client.post(
         PV, json=request(**base, temperatures=searchset(obs(TEMP, 38.9, at(0, 3))))
     ).json()
-    stale = app_client.post(
+    stale = cds_client.post(
         PV, json=request(**base, temperatures=searchset(obs(TEMP, 38.9, at(3, 0))))
     ).json()
     assert "Febrile neutropenia" in recent["cards"][0]["summary"]
     assert "Febrile" not in stale["cards"][0]["summary"]
 
 
-def test_cbc_older_than_24_months_is_not_used(app_client: TestClient) -> None:
-    r = app_client.post(
+def test_cbc_older_than_24_months_is_not_used(cds_client: TestClient) -> None:
+    r = cds_client.post(
         PV,
         json=request(
             patient=patient(),
@@ -416,9 +409,9 @@ def test_cbc_older_than_24_months_is_not_used(app_client: TestClient) -> None:
     assert r.json() == {"cards": []}
 
 
-def test_cbc_of_20_months_ago_is_still_read(app_client: TestClient) -> None:
+def test_cbc_of_20_months_ago_is_still_read(cds_client: TestClient) -> None:
     # 24-month trend window (clinical-rules.md v2): the former 12 months dropped this draw.
-    r = app_client.post(
+    r = cds_client.post(
         PV,
         json=request(
             patient=patient(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,7 @@ import jwt
 import pytest
 import respx
 from cds_conformance import assert_conformant
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.testclient import TestClient
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from fhir_leuko.app import create_app
 from fhir_leuko.cdshooks import services
@@ -24,6 +22,7 @@ from fhir_leuko.cdshooks.feedback import FeedbackStore
 from fhir_leuko.config import IssuerTrustConfig, ServiceSettings, Settings
 from fhir_leuko.fhirio import codes
 from tests.builders import NOW, at, bundle, cbc, condition, med, order, patient
+from tests.jwtkeys import EC_KEY, RSA_KEY, public_jwk, write_jwks
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "cds"
 BASE = "https://cds.example.org"
@@ -37,10 +36,8 @@ SANDBOX_ISS = "https://sandbox.cds-hooks.org"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
 
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP384R1())
-RSA_JWK = {**RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True), "kid": EHR_KID, "use": "sig"}
-EC_JWK = {**ECAlgorithm.to_jwk(EC_KEY.public_key(), as_dict=True), "kid": SANDBOX_KID}
+RSA_JWK = public_jwk(RSA_KEY, EHR_KID, use="sig")
+EC_JWK = public_jwk(EC_KEY, SANDBOX_KID)
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -63,8 +60,7 @@ def pv_request(**prefetch: Any) -> dict[str, Any]:
 
 
 def make_settings(tmp_path: Path, **service: Any) -> Settings:
-    jwks = tmp_path / "ehr-jwks.json"
-    jwks.write_text(json.dumps({"keys": [RSA_JWK]}))
+    jwks = write_jwks(tmp_path / "ehr-jwks.json", RSA_JWK)
     svc = {
         "public_base_url": BASE,
         "feedback_db": str(tmp_path / "feedback.sqlite3"),
@@ -81,16 +77,14 @@ def make_settings(tmp_path: Path, **service: Any) -> Settings:
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
+def client(tmp_path: Path, app_client: Callable[..., TestClient]) -> TestClient:
     """Insecure-dev mode: the JWT is tested separately below."""
-    with TestClient(create_app(make_settings(tmp_path, insecure_dev=True))) as c:
-        yield c
+    return app_client(make_settings(tmp_path, insecure_dev=True))
 
 
 @pytest.fixture
-def secured(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tmp_path))) as c:
-        yield c
+def secured(tmp_path: Path, app_client: Callable[..., TestClient]) -> TestClient:
+    return app_client(make_settings(tmp_path))
 
 
 def epic_token(aud: str, **claims: Any) -> str:
@@ -362,6 +356,26 @@ def test_malformed_json_is_400(client: TestClient) -> None:
     r = client.post(PV, content=b'{"hook": ', headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert "not valid JSON" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_a_leading_byte_order_mark_is_skipped(client: TestClient) -> None:
+    """RFC 8259 8.1 lets a parser ignore a UTF-8 BOM; a Windows-built client may send one."""
+    bom = b"\xef\xbb\xbf"
+    ctype = {"Content-Type": "application/json"}
+    r = client.post(PV, content=bom + json.dumps(pv_request()).encode(), headers=ctype)
+    assert r.status_code == 200, r.text
+    assert r.json()["cards"][0]["indicator"] == "critical"
+    feedback = {
+        "feedback": [
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-03-10T12:00:00Z",
+            }
+        ]
+    }
+    r = client.post(PV + "/feedback", content=bom + json.dumps(feedback).encode(), headers=ctype)
+    assert r.status_code == 200, r.text
 
 
 def test_json_that_is_not_an_object_is_400(client: TestClient) -> None:

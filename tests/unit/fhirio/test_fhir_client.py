@@ -2,22 +2,25 @@
 
 Fixture bodies live in tests/fixtures/fhir_server/ (see its README for what each mimics).
 Nothing here touches the network: respx intercepts every request, and sleeping is faked.
+Every test that talks to a server runs twice, against FhirClient and AsyncFhirClient
+(``make_client``), so the two drivers of the one sans-IO flow cannot drift apart.
 """
 
 from __future__ import annotations
 
 import email.utils
 import functools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import orjson
 import pytest
 import respx
-from cryptography.hazmat.primitives import serialization
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_leuko.errors import FatalFhirServerError, InputError, TemporaryFhirServerError
@@ -28,6 +31,7 @@ from fhir_leuko.fhirio.client import (
     bundle_resources,
     parse_retry_after,
 )
+from tests.jwtkeys import RSA_KEY, private_pem
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "fhir_server"
 HAPI = "https://hapi.fhir.org/baseR4"
@@ -65,14 +69,6 @@ class FakeTime:
         self.sleeps.append(seconds)
         self.now += seconds
 
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture
 def fake_time() -> FakeTime:
@@ -86,9 +82,73 @@ def mock() -> Iterator[respx.MockRouter]:
         yield router
 
 
+class Blocking:
+    """An :class:`AsyncFhirClient` behind :class:`FhirClient`'s API, every call awaited on one
+    event loop (an anyio blocking portal): each test below runs against both clients, as
+    fhir-py's tests do, and sees the same behaviour from each."""
+
+    def __init__(self, portal: BlockingPortal, client: AsyncFhirClient) -> None:
+        self._portal = portal
+        self._client = client
+
+    def __enter__(self) -> Blocking:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._portal.call(self._client.aclose)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)  # read, search, get_url, create, update, ...
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._portal.call(functools.partial(method, *args, **kwargs))
+
+        return call
+
+    def search_bundle_pages(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        pages = self._client.search_bundle_pages(*args, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._portal.call(pages.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.call(pages.aclose)
+
+
+MakeClient = Callable[..., Any]
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[BlockingPortal]:
+    with start_blocking_portal() as p:
+        yield p
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_client(request: pytest.FixtureRequest, portal: BlockingPortal) -> MakeClient:
+    """``make_client(base, **options)``: a :class:`FhirClient`, or an :class:`AsyncFhirClient`
+    (a sync ``sleep`` option made awaitable) driven through :class:`Blocking`."""
+
+    def make(base: str, **options: Any) -> FhirClient | Blocking:
+        if request.param == "sync":
+            return FhirClient(base, **options)
+        if "sleep" in options:
+            sleep = options["sleep"]
+
+            async def asleep(seconds: float) -> None:
+                sleep(seconds)
+
+            options["sleep"] = asleep
+        return Blocking(portal, portal.call(lambda: AsyncFhirClient(base, **options)))
+
+    return make
+
+
 @pytest.fixture
-def hapi(fake_time: FakeTime) -> Iterator[FhirClient]:
-    with FhirClient(HAPI, sleep=fake_time.sleep, clock=fake_time.clock, jitter=lambda: 0.5) as c:
+def hapi(fake_time: FakeTime, make_client: MakeClient) -> Iterator[FhirClient]:
+    with make_client(HAPI, sleep=fake_time.sleep, clock=fake_time.clock, jitter=lambda: 0.5) as c:
         yield c
 
 
@@ -106,16 +166,8 @@ def mock_hapi_three_pages(mock: respx.MockRouter) -> list[respx.Route]:
     ]
 
 
-@functools.cache
 def rsa_key_pair() -> tuple[bytes, rsa.RSAPublicKey]:
-    """One throwaway key per test run: generating RSA keys is the slow part of these tests."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return pem, key.public_key()
+    return private_pem(RSA_KEY), RSA_KEY.public_key()
 
 
 def smart_auth(private_pem: bytes, fake_time: FakeTime) -> SmartBackendAuth:
@@ -259,14 +311,14 @@ def test_read_rejects_an_id_that_would_change_the_url_path(hapi: FhirClient) -> 
 
 
 def test_401_is_fatal_and_says_the_credentials_were_refused(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     route = mock.get(f"{SANDBOX}/Patient/smart-7777701").mock(
         return_value=httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="fhir"'})
     )
 
     with (
-        FhirClient(SANDBOX, auth="expired-token", sleep=fake_time.sleep) as client,
+        make_client(SANDBOX, auth="expired-token", sleep=fake_time.sleep) as client,
         pytest.raises(FatalFhirServerError) as caught,
     ):
         client.read("Patient", "smart-7777701")
@@ -371,7 +423,7 @@ def test_retry_after_as_an_http_date_is_honoured() -> None:
 
 
 def test_retry_after_longer_than_the_cap_gives_up_at_once(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     mock.get(f"{HAPI}/Patient/5793201").mock(
         return_value=fhir(
@@ -380,7 +432,7 @@ def test_retry_after_longer_than_the_cap_gives_up_at_once(
     )
 
     with (
-        FhirClient(HAPI, sleep=fake_time.sleep, max_retry_after=30) as client,
+        make_client(HAPI, sleep=fake_time.sleep, max_retry_after=30) as client,
         pytest.raises(TemporaryFhirServerError, match="retry after 3600 s") as caught,
     ):
         client.read("Patient", "5793201")
@@ -408,11 +460,13 @@ def test_503_every_time_is_temporary_after_max_retries_with_growing_backoff(
     assert fake_time.sleeps[0] < fake_time.sleeps[-1]
 
 
-def test_timeout_is_retried_then_temporary(mock: respx.MockRouter, fake_time: FakeTime) -> None:
+def test_timeout_is_retried_then_temporary(
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
+) -> None:
     route = mock.get(f"{HAPI}/Patient/5793201").mock(side_effect=httpx.ReadTimeout)
 
     with (
-        FhirClient(HAPI, max_retries=2, sleep=fake_time.sleep, clock=fake_time.clock) as client,
+        make_client(HAPI, max_retries=2, sleep=fake_time.sleep, clock=fake_time.clock) as client,
         pytest.raises(TemporaryFhirServerError, match="timed out") as caught,
     ):
         client.read("Patient", "5793201")
@@ -436,12 +490,12 @@ def test_connection_error_then_success(mock: respx.MockRouter, hapi: FhirClient)
 
 
 def test_deadline_stops_retrying_when_no_time_is_left(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     route = mock.get(f"{HAPI}/Patient/5793201").mock(return_value=httpx.Response(503))
 
     with (
-        FhirClient(
+        make_client(
             HAPI,
             deadline=2.0,
             backoff_base=0.5,
@@ -471,7 +525,7 @@ def test_plain_post_is_not_resent_after_a_500(
     assert fake_time.sleeps == []
 
 
-class TricklingBody(httpx.SyncByteStream):
+class TricklingBody(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A body whose every chunk costs `seconds_per_chunk` on the fake clock."""
 
     def __init__(self, fake_time: FakeTime, content: bytes, seconds_per_chunk: float) -> None:
@@ -484,9 +538,13 @@ class TricklingBody(httpx.SyncByteStream):
             self.fake_time.now += self.seconds_per_chunk
             yield self.content[start : start + 100]
 
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self:
+            yield chunk
+
 
 def test_a_body_trickling_past_the_total_timeout_is_a_timeout(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     page = body("hapi_r4_observation_searchset_page3.json")  # about 20 chunks of 100 bytes
     route = mock.get(f"{HAPI}/Observation").mock(
@@ -496,7 +554,7 @@ def test_a_body_trickling_past_the_total_timeout_is_a_timeout(
         ]
     )
 
-    with FhirClient(HAPI, timeouts=5.0, sleep=fake_time.sleep, clock=fake_time.clock) as client:
+    with make_client(HAPI, timeouts=5.0, sleep=fake_time.sleep, clock=fake_time.clock) as client:
         found = client.search("Observation", {"patient": "5793201"})
 
     assert len(found) == 1
@@ -504,13 +562,15 @@ def test_a_body_trickling_past_the_total_timeout_is_a_timeout(
     assert len(fake_time.sleeps) == 1
 
 
-def test_an_answer_larger_than_the_cap_is_fatal(mock: respx.MockRouter) -> None:
+def test_an_answer_larger_than_the_cap_is_fatal(
+    mock: respx.MockRouter, make_client: MakeClient
+) -> None:
     mock.get(f"{HAPI}/Observation").mock(
         return_value=fhir(200, "hapi_r4_observation_searchset_page1.json")
     )
 
     with (
-        FhirClient(HAPI, max_response_bytes=1000) as client,
+        make_client(HAPI, max_response_bytes=1000) as client,
         pytest.raises(FatalFhirServerError, match="larger than 1000 bytes"),
     ):
         client.search("Observation", {"patient": "5793201"})
@@ -652,12 +712,14 @@ def test_update_puts_to_type_and_id_with_if_match(mock: respx.MockRouter, hapi: 
 # -- authorisation -------------------------------------------------------------------------------
 
 
-def test_static_bearer_token_is_sent(mock: respx.MockRouter, fake_time: FakeTime) -> None:
+def test_static_bearer_token_is_sent(
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
+) -> None:
     route = mock.get(f"{SANDBOX}/Observation").mock(
         return_value=fhir(200, "smart_sandbox_r4_observation_searchset.json")
     )
 
-    with FhirClient(SANDBOX, auth="static-token-123", sleep=fake_time.sleep) as client:
+    with make_client(SANDBOX, auth="static-token-123", sleep=fake_time.sleep) as client:
         found = client.search("Observation", {"patient": "smart-7777701"})
 
     assert len(found) == 2
@@ -665,7 +727,7 @@ def test_static_bearer_token_is_sent(mock: respx.MockRouter, fake_time: FakeTime
 
 
 def test_smart_backend_token_is_fetched_once_and_reused(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     private_pem, public_key = rsa_key_pair()
     token_route = mock.post(TOKEN_URL).mock(
@@ -676,7 +738,7 @@ def test_smart_backend_token_is_fetched_once_and_reused(
     )
     auth = smart_auth(private_pem, fake_time)
 
-    with FhirClient(SANDBOX, auth=auth, sleep=fake_time.sleep, clock=fake_time.clock) as client:
+    with make_client(SANDBOX, auth=auth, sleep=fake_time.sleep, clock=fake_time.clock) as client:
         client.search("Observation", {"patient": "smart-7777701"})
         fake_time.now += 200  # still inside the token's 300 s, outside its refresh margin
         client.search("Observation", {"patient": "smart-7777701"})
@@ -703,7 +765,7 @@ def test_smart_backend_token_is_fetched_once_and_reused(
 
 
 def test_smart_backend_token_is_renewed_shortly_before_it_expires(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     private_pem, _ = rsa_key_pair()
     token_route = mock.post(TOKEN_URL).mock(
@@ -713,7 +775,7 @@ def test_smart_backend_token_is_renewed_shortly_before_it_expires(
         return_value=fhir(200, "smart_sandbox_r4_observation_searchset.json")
     )
 
-    with FhirClient(
+    with make_client(
         SANDBOX, auth=smart_auth(private_pem, fake_time), clock=fake_time.clock
     ) as client:
         client.search("Observation", {"patient": "smart-7777701"})
@@ -724,7 +786,7 @@ def test_smart_backend_token_is_renewed_shortly_before_it_expires(
 
 
 def test_smart_token_is_renewed_once_when_the_server_says_401(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     private_pem, _ = rsa_key_pair()
     token_route = mock.post(TOKEN_URL).mock(
@@ -737,7 +799,7 @@ def test_smart_token_is_renewed_once_when_the_server_says_401(
         ]
     )
 
-    with FhirClient(
+    with make_client(
         SANDBOX, auth=smart_auth(private_pem, fake_time), clock=fake_time.clock
     ) as client:
         assert len(client.search("Observation", {"patient": "smart-7777701"})) == 2
@@ -747,7 +809,7 @@ def test_smart_token_is_renewed_once_when_the_server_says_401(
 
 
 def test_smart_token_endpoint_refusal_is_fatal_and_names_the_oauth_error(
-    mock: respx.MockRouter, fake_time: FakeTime
+    mock: respx.MockRouter, fake_time: FakeTime, make_client: MakeClient
 ) -> None:
     private_pem, _ = rsa_key_pair()
     mock.post(TOKEN_URL).mock(
@@ -758,7 +820,7 @@ def test_smart_token_endpoint_refusal_is_fatal_and_names_the_oauth_error(
     fhir_route = mock.get(f"{SANDBOX}/Patient/smart-7777701")
 
     with (
-        FhirClient(SANDBOX, auth=smart_auth(private_pem, fake_time)) as client,
+        make_client(SANDBOX, auth=smart_auth(private_pem, fake_time)) as client,
         pytest.raises(FatalFhirServerError, match="invalid_client: Unknown kid"),
     ):
         client.read("Patient", "smart-7777701")
@@ -767,153 +829,15 @@ def test_smart_token_endpoint_refusal_is_fatal_and_names_the_oauth_error(
 
 
 def test_retries_are_logged_without_token_or_query(
-    mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+    mock: respx.MockRouter, caplog: pytest.LogCaptureFixture, make_client: MakeClient
 ) -> None:
     mock.get(f"{HAPI}/Observation").mock(
         side_effect=[httpx.Response(503), fhir(200, "hapi_r4_observation_searchset_page3.json")]
     )
 
-    with FhirClient(HAPI, auth="secret-token-xyz", sleep=lambda _: None) as client:
+    with make_client(HAPI, auth="secret-token-xyz", sleep=lambda _: None) as client:
         client.search("Observation", {"patient": "5793201"})
 
     assert "search Observation: 503; retry 1/3" in caplog.text
     assert "secret-token-xyz" not in caplog.text
     assert "5793201" not in caplog.text
-
-
-# -- the async client behaves the same -------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_async_search_follows_next_links_across_three_pages(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    routes = mock_hapi_three_pages(mock)
-
-    async with AsyncFhirClient(HAPI, sleep=fake_time.asleep) as client:
-        found = await client.search("Observation", LAB_QUERY)
-        pages = [page async for page in client.search_bundle_pages("Observation", LAB_QUERY)]
-
-    assert [o["id"] for o in found] == ["5793214", "5793215", "5793210", "5793211", "5793206"]
-    assert [len(p["entry"]) for p in pages] == [2, 2, 1]
-    assert [r.call_count for r in routes] == [2, 2, 2]
-
-
-@pytest.mark.anyio
-async def test_async_next_link_to_another_origin_is_not_followed(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    mock.get(f"{HAPI}/Observation").mock(
-        return_value=fhir(200, "hapi_r4_searchset_next_link_internal_host.json")
-    )
-    internal = mock.get("http://hapi:8080/fhir")
-
-    async with AsyncFhirClient(HAPI, sleep=fake_time.asleep) as client:
-        with pytest.raises(FatalFhirServerError, match="another origin"):
-            await client.search("Observation", LAB_QUERY)
-
-    assert internal.call_count == 0
-
-
-@pytest.mark.anyio
-async def test_async_429_waits_for_retry_after_then_succeeds(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    mock.get(f"{HAPI}/Observation").mock(
-        side_effect=[
-            fhir(429, "gateway_operationoutcome_429_throttled.json", **{"Retry-After": "4"}),
-            fhir(200, "hapi_r4_observation_searchset_page3.json"),
-        ]
-    )
-
-    async with AsyncFhirClient(HAPI, sleep=fake_time.asleep) as client:
-        found = await client.search("Observation", {"patient": "5793201"})
-
-    assert len(found) == 1
-    assert fake_time.sleeps == [4.0]
-
-
-@pytest.mark.anyio
-async def test_async_404_is_fatal_with_diagnostics(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    mock.get(f"{HAPI}/Patient/does-not-exist").mock(
-        return_value=fhir(404, "hapi_r4_operationoutcome_404.json")
-    )
-
-    async with AsyncFhirClient(HAPI, sleep=fake_time.asleep) as client:
-        with pytest.raises(FatalFhirServerError, match="HAPI-2001") as caught:
-            await client.read("Patient", "does-not-exist")
-
-    assert caught.value.status == 404
-
-
-@pytest.mark.anyio
-async def test_async_503_every_time_is_temporary_after_max_retries(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    route = mock.get(f"{HAPI}/Patient/5793201").mock(return_value=httpx.Response(503))
-
-    async with AsyncFhirClient(HAPI, max_retries=2, sleep=fake_time.asleep) as client:
-        with pytest.raises(TemporaryFhirServerError):
-            await client.read("Patient", "5793201")
-
-    assert route.call_count == 3
-    assert len(fake_time.sleeps) == 2
-
-
-@pytest.mark.anyio
-async def test_async_timeout_is_retried_then_temporary(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    route = mock.get(f"{HAPI}/Patient/5793201").mock(side_effect=httpx.ConnectTimeout)
-
-    async with AsyncFhirClient(HAPI, max_retries=1, sleep=fake_time.asleep) as client:
-        with pytest.raises(TemporaryFhirServerError, match="timed out"):
-            await client.read("Patient", "5793201")
-
-    assert route.call_count == 2
-
-
-@pytest.mark.anyio
-async def test_async_smart_token_is_fetched_once_and_reused(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    private_pem, _ = rsa_key_pair()
-    token_route = mock.post(TOKEN_URL).mock(
-        return_value=httpx.Response(200, content=body("smart_backend_token_response.json"))
-    )
-    fhir_route = mock.get(f"{SANDBOX}/Observation").mock(
-        return_value=fhir(200, "smart_sandbox_r4_observation_searchset.json")
-    )
-
-    async with AsyncFhirClient(
-        SANDBOX, auth=smart_auth(private_pem, fake_time), sleep=fake_time.asleep
-    ) as client:
-        await client.search("Observation", {"patient": "smart-7777701"})
-        await client.search("Observation", {"patient": "smart-7777701"})
-
-    assert token_route.call_count == 1
-    assert fhir_route.call_count == 2
-    assert fhir_route.calls.last.request.headers["Authorization"].startswith("Bearer test-")
-
-
-@pytest.mark.anyio
-async def test_async_transaction_and_conditional_create(
-    mock: respx.MockRouter, fake_time: FakeTime
-) -> None:
-    tx_route = mock.post(HAPI).mock(return_value=fhir(200, "hapi_r4_transaction_response.json"))
-    create_route = mock.post(f"{HAPI}/RiskAssessment").mock(
-        return_value=fhir(200, "hapi_r4_riskassessment_created.json")
-    )
-
-    async with AsyncFhirClient(HAPI, sleep=fake_time.asleep) as client:
-        response = await client.transaction({"resourceType": "Bundle", "type": "transaction"})
-        created = await client.create(
-            {"resourceType": "RiskAssessment"}, if_none_exist="identifier=a%7Cb"
-        )
-
-    assert response["type"] == "transaction-response"
-    assert created["id"] == "5793302"
-    assert tx_route.call_count == 1
-    assert create_route.calls.last.request.headers["If-None-Exist"] == "identifier=a%7Cb"

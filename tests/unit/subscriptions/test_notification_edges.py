@@ -7,8 +7,7 @@ shows up as the 500 a FHIR server would see, not as a test error.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,8 +17,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from fhir_leuko.app import create_app
-from fhir_leuko.config import ServiceSettings, Settings, SubscriptionEndpoint
+from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import InputError
 from fhir_leuko.subscriptions.notifications import parse_notification
 
@@ -28,26 +26,14 @@ INT64_MAX = 2**63 - 1
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        service=ServiceSettings(
-            queue_db=str(tmp_path / "queue.sqlite3"),
-            worker_enabled=False,
-            insecure_dev=True,
-            max_body_bytes=256 * 1024,
-        ),
-        endpoints={
-            "ehr": SubscriptionEndpoint(
-                fhir_base="https://ehr.example.org/fhir", header_value="Bearer tok-9Zq"
-            )
-        },
+def client(
+    app_settings: Callable[..., Settings], app_client: Callable[..., TestClient]
+) -> TestClient:
+    ehr = SubscriptionEndpoint(
+        fhir_base="https://ehr.example.org/fhir", header_value="Bearer tok-9Zq"
     )
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        yield c
+    settings = app_settings(max_body_bytes=256 * 1024, endpoints={"ehr": ehr})
+    return app_client(settings, raise_server_exceptions=False)
 
 
 def backport_event(since: object, number: object, focus: str = "Observation/o1") -> bytes:
