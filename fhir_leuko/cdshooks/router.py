@@ -47,7 +47,7 @@ from fhir_leuko.cdshooks.services import MEDICATION_CHECK, PATIENT_VIEW, SERVICE
 from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, InputError
 from fhir_leuko.fhirio.client import AsyncFhirClient
-from fhir_leuko.fhirio.ingest import match_medication
+from fhir_leuko.fhirio.ingest import match_medication, medication_concept
 from fhir_leuko.metrics import CheckedRouter
 from fhir_leuko.service import evaluate
 
@@ -210,7 +210,7 @@ def _selected_drugs(ctx: m.OrderSelectContext) -> tuple[list[SelectedDrug], list
         order = by_ref[ref]
         if order.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
             continue
-        concept = _medication_concept(order)
+        concept = medication_concept(order)
         match = match_medication(concept) if concept else None
         if match is None:
             continue
@@ -226,23 +226,6 @@ def _selected_drugs(ctx: m.OrderSelectContext) -> tuple[list[SelectedDrug], list
             }
         )
     return drugs, active
-
-
-def _medication_concept(order: JSON) -> JSON | None:
-    concept = order.get("medicationCodeableConcept")
-    if isinstance(concept, dict):
-        return concept
-    ref = order.get("medicationReference")
-    if not isinstance(ref, dict):
-        return None
-    target = ref.get("reference")
-    if isinstance(target, str) and target.startswith("#"):
-        for contained in order.get("contained") or ():
-            if isinstance(contained, dict) and contained.get("id") == target[1:]:
-                code = contained.get("code")
-                return code if isinstance(code, dict) else None
-    display = ref.get("display")
-    return {"text": display} if isinstance(display, str) else None
 
 
 def _json_response(body: JSON | bytes) -> Response:

@@ -20,7 +20,6 @@ import email.utils
 import importlib.metadata
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
@@ -42,6 +41,7 @@ from fhir_leuko.errors import (
     InputError,
     TemporaryFhirServerError,
 )
+from fhir_leuko.fhirio.refs import ID_RE, TYPE_RE
 
 __all__ = [
     "AsyncFhirClient",
@@ -75,10 +75,6 @@ SearchParams: TypeAlias = (
 
 FHIR_JSON: Final = "application/fhir+json"
 _USER_AGENT: Final = f"fhir-leuko/{_package_version()}"
-# FHIR R4 datatypes: id is [A-Za-z0-9\-\.]{1,64}. Checking it keeps a caller-supplied id (from a
-# CDS Hooks context, say) from walking the URL path ("../", "?", "#").
-_ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_TYPE_RE: Final = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _MAX_MESSAGE_DETAIL: Final = 300
 # Failures after which a request was certainly not applied, so even a plain POST may be resent.
 _NOT_APPLIED_STATUSES: Final = frozenset({408, 429, 503})
@@ -417,13 +413,15 @@ def _parse_fhir_json(reply: _Reply, label: str, expected_type: str | None = None
 
 
 def _check_type(resource_type: str) -> str:
-    if not isinstance(resource_type, str) or not _TYPE_RE.fullmatch(resource_type):
+    # Checking type and id (refs.TYPE_RE, refs.ID_RE) keeps a caller-supplied id (from a CDS
+    # Hooks context, say) from walking the URL path ("../", "?", "#").
+    if not isinstance(resource_type, str) or not TYPE_RE.fullmatch(resource_type):
         raise InputError("Not a FHIR resource type name")
     return resource_type
 
 
 def _check_id(resource_id: str) -> str:
-    if not isinstance(resource_id, str) or not _ID_RE.fullmatch(resource_id):
+    if not isinstance(resource_id, str) or not ID_RE.fullmatch(resource_id):
         raise InputError("Not a FHIR resource id (1-64 of A-Z a-z 0-9 - .)")
     return resource_id
 
@@ -454,9 +452,6 @@ def _under(url: httpx.URL, base: httpx.URL) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-
-
 def loggable(label: str) -> str:
     """A request label as a route: ``GET Patient/{id}`` for ``GET Patient/123``.
 
@@ -469,12 +464,12 @@ def loggable(label: str) -> str:
     after_type = False
     for segment in path.split("/"):
         keep = not after_type and (
-            _RESOURCE_TYPE.fullmatch(segment) is not None
+            TYPE_RE.fullmatch(segment) is not None
             or segment.startswith(("$", "_"))
             or segment in ("[base]", "metadata", "")
         )
         out.append(segment if keep or segment.startswith("$") else "{id}")
-        after_type = keep and _RESOURCE_TYPE.fullmatch(segment) is not None
+        after_type = keep and TYPE_RE.fullmatch(segment) is not None
     return f"{method} {'/'.join(out)}" if path else method
 
 

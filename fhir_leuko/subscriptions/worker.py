@@ -69,8 +69,8 @@ from fhir_leuko.fhirio.client import (
     bundle_resources,
 )
 from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.refs import last_updated, normalise_reference, subject_patient, version_id
 from fhir_leuko.service import evaluate
-from fhir_leuko.subscriptions.notifications import normalise_reference
 from fhir_leuko.subscriptions.queue import EVALUATE, Job, Queue
 
 __all__ = [
@@ -147,30 +147,6 @@ def is_relevant(resource: Mapping[str, Any]) -> bool:
         ):
             return True
     return False
-
-
-def _subject(resource: Mapping[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
-        return f"Patient/{resource['id']}"
-    for field in ("subject", "patient"):
-        ref = resource.get(field)
-        raw = ref.get("reference") if isinstance(ref, dict) else None
-        parsed = normalise_reference(raw) if isinstance(raw, str) else None
-        if parsed is not None and parsed[0].startswith("Patient/"):
-            return parsed[0]
-    return None
-
-
-def _version(resource: Mapping[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    v = meta.get("versionId") if isinstance(meta, dict) else None
-    return v if isinstance(v, str) and v else None
-
-
-def _last_updated(resource: Mapping[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    v = meta.get("lastUpdated") if isinstance(meta, dict) else None
-    return v if isinstance(v, str) and v else None
 
 
 # --------------------------------------------------------------------------- enqueueing
@@ -592,8 +568,8 @@ class Worker:
                 resource = self._read_focus(client, focus)
                 if not is_relevant(resource):
                     raise _Finished("not a result we assess")
-                patient = _subject(resource)
-                version = _version(resource)
+                patient = subject_patient(resource)
+                version = version_id(resource)
                 if version and not job.dedupe_key.startswith("res:"):
                     # Known by event number or nothing until now: re-key by version, so the
                     # same result reached another way is not evaluated twice.
@@ -628,7 +604,7 @@ class Worker:
                 raise _Finished("deleted result's history is unavailable") from None
             raise
         for resource in bundle_resources(history):
-            if is_relevant(resource) and (patient := _subject(resource)):
+            if is_relevant(resource) and (patient := subject_patient(resource)):
                 return patient
         raise _Finished("deleted result's patient is unknown")
 
@@ -662,7 +638,7 @@ class Worker:
                 ):
                     continue
                 seen += 1
-                stamp = _last_updated(resource)
+                stamp = last_updated(resource)
                 changed = parse_time(stamp)
                 if changed is not None and (newest is None or changed > newest):
                     newest, newest_text = changed, stamp
@@ -673,8 +649,8 @@ class Worker:
                     self.queue,
                     name,
                     focus,
-                    version=_version(resource),
-                    patient=_subject(resource),
+                    version=version_id(resource),
+                    patient=subject_patient(resource),
                     resource=resource,
                 )
             if newest_text is not None and newest != mark:
