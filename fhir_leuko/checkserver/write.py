@@ -25,8 +25,8 @@ from fhir_leuko.errors import FhirServerError, InputError
 from fhir_leuko.fhirio import codes, emit
 from fhir_leuko.fhirio.client import bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.server import fetch_patient_data, write_back
 from fhir_leuko.service import evaluate
-from fhir_leuko.subscriptions.worker import fetch_patient_data, write_back
 
 _DEFAULT_NOW: Final = "2026-03-10T12:00:00Z"
 # Referenced before referring: the order single creates must follow without transactions.

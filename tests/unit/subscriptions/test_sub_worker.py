@@ -19,6 +19,7 @@ import respx
 from fhir_leuko.config import ServiceSettings, Settings, SubscriptionEndpoint
 from fhir_leuko.fhirio import codes, queries
 from fhir_leuko.fhirio.client import FhirClient
+from fhir_leuko.fhirio.server import transaction_for
 from fhir_leuko.subscriptions.queue import Queue
 from fhir_leuko.subscriptions.worker import (
     Worker,
@@ -27,7 +28,6 @@ from fhir_leuko.subscriptions.worker import (
     enqueue_gap,
     patient_key,
     subscription_key,
-    transaction_for,
 )
 from tests.unit.subscriptions.sub_fake_hapi import (
     BASE,
