@@ -29,7 +29,13 @@ from fhir_leuko.checkserver.model import (
     Status,
     plural,
 )
-from fhir_leuko.errors import FhirServerError, LeukoError
+from fhir_leuko.errors import (
+    FhirForbidden,
+    FhirRateLimited,
+    FhirServerError,
+    FhirUnauthorized,
+    LeukoError,
+)
 from fhir_leuko.fhirio import codes, queries
 from fhir_leuko.fhirio.client import FhirClient, bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
@@ -246,7 +252,9 @@ class Checker:
             self.client.search("Patient", {"_count": 1}, limit=1, max_pages=1)
         status = p.error.status if p.error else None
         unreachable = status is None and not isinstance(p.error, NotServer)
-        if p.error is not None and (status in (401, 403) or unreachable):
+        if p.error is not None and (
+            isinstance(p.error, FhirUnauthorized | FhirForbidden) or unreachable
+        ):
             self.no_access = f"no access to data: {describe(p)}"
             self.error_verdict("access", title, p)
             return
@@ -809,7 +817,7 @@ def describe(p: Probe) -> str:
     assert p.error is not None
     message = str(p.error)
     limited = p.rate_limited
-    if limited and p.error.status == 429:
+    if limited and isinstance(p.error, FhirRateLimited):
         after = limited[-1].retry_after
         message = (
             f"rate limited: HTTP 429{f' with Retry-After {after} s' if after else ''}; {message}"

@@ -21,7 +21,15 @@ from fhir_leuko.checkserver.model import (
     WARN,
 )
 from fhir_leuko.checkserver.reads import Checker, Probe, describe, has_code
-from fhir_leuko.errors import FhirServerError, InputError
+from fhir_leuko.errors import (
+    FatalFhirServerError,
+    FhirForbidden,
+    FhirNotFound,
+    FhirServerError,
+    FhirUnauthorized,
+    InputError,
+    TemporaryFhirServerError,
+)
 from fhir_leuko.fhirio import codes, emit
 from fhir_leuko.fhirio.client import bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
@@ -138,15 +146,12 @@ class Writer:
             if self.transaction_works:
                 try:
                     sc.created = self._load_transaction(bodies, resources, urns)
-                except FhirServerError as err:
-                    # Refused as a request (405, 404, 400, 501...): try plain creates instead;
-                    # no access, rate limits and server errors are not about transactions.
-                    if (
-                        err.status is None
-                        or err.status in (401, 403, 429)
-                        or 500 <= err.status != 501
-                    ):
-                        raise
+                except (FhirUnauthorized, FhirForbidden, TemporaryFhirServerError):
+                    # No access, rate limits, server errors and no answer are not about
+                    # transactions.
+                    raise
+                except FatalFhirServerError:
+                    # Refused as a request (405, 404, 400, 501...): try plain creates instead.
                     self.transaction_works = False
             if not self.transaction_works:
                 sc.created = self._load_singly(bodies, resources, urns)
@@ -391,9 +396,10 @@ class Writer:
             for rtype, rid in targets:
                 try:
                     self.client.delete(rtype, rid)
+                except FhirNotFound:
+                    pass  # gone already
                 except FhirServerError as err:
-                    if err.status not in (404, 410):
-                        refused[f"{rtype} (HTTP {err.status or 'no answer'})"] += 1
+                    refused[f"{rtype} (HTTP {err.status or 'no answer'})"] += 1
             remaining = self._remaining(targets)
         self.c.report.remaining = [f"{n} {what}" for what, n in sorted(remaining.items())]
         if p.error is not None:

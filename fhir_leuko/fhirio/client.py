@@ -7,11 +7,12 @@ this long, hand this page to the caller) and receive the result. ``FhirClient`` 
 ``AsyncFhirClient`` only run those steps with httpx and a sleep function; they hold no policy.
 
 Errors follow ``fhir_leuko.errors``: callers decide by type. ``TemporaryFhirServerError`` means
-"try again later" (network, timeout, 408, 429, 5xx after our own retries);
-``FatalFhirServerError`` means retrying will not help (other 4xx, not FHIR JSON, a next link
-outside the base URL). Messages name the interaction (``GET Observation``) and the server's
-OperationOutcome text, never a query string, request body, resource or token: those carry PHI
-or secrets, and messages end up in logs.
+"try again later" (network, timeout, 408, 429, 5xx but 501, after our own retries);
+``FatalFhirServerError`` means retrying will not help (other 4xx, 501, not FHIR JSON, a next
+link outside the base URL). Subclasses name what the answer means (``FhirNotFound``,
+``FhirRateLimited``, ...), so no caller compares status codes. Messages name the interaction
+(``GET Observation``) and the server's OperationOutcome text, never a query string, request
+body, resource or token: those carry PHI or secrets, and messages end up in logs.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from fhir_leuko.errors import (
     FhirServerError,
     InputError,
     TemporaryFhirServerError,
+    fhir_error_for_status,
 )
 from fhir_leuko.fhirio.refs import ID_RE, TYPE_RE
 
@@ -358,7 +360,7 @@ def _outcome_text(outcome: Mapping[str, Any]) -> str:
 def _error_for_status(
     status: int, reason: str, content: bytes, label: str
 ) -> TemporaryFhirServerError | FatalFhirServerError:
-    """The error for a non-2xx answer: Temporary for 408/429/5xx, Fatal otherwise."""
+    """The typed error for a non-2xx answer (``errors.fhir_error_for_status``)."""
     body = _loads_or_none(content)
     outcome = (
         cast(dict[str, object], body)
@@ -372,9 +374,7 @@ def _error_for_status(
         message += " (access forbidden: the token lacks a scope or right for this request)"
     if outcome is not None and (text := _outcome_text(outcome)):
         message += f": {text}"
-    if status in {408, 429} or status >= 500:
-        return TemporaryFhirServerError(message, status=status, outcome=outcome)
-    return FatalFhirServerError(message, status=status, outcome=outcome)
+    return fhir_error_for_status(status, message, outcome)
 
 
 def _network_problem(label: str, err: httpx.RequestError) -> TemporaryFhirServerError:
@@ -389,7 +389,9 @@ def _network_problem(label: str, err: httpx.RequestError) -> TemporaryFhirServer
 
 
 def _give_up(problem: FhirServerError, why: str) -> TemporaryFhirServerError:
-    return TemporaryFhirServerError(
+    """The last retryable problem, said to be final; its meaning (a rate limit) is kept."""
+    cls = type(problem) if isinstance(problem, TemporaryFhirServerError) else None
+    return (cls or TemporaryFhirServerError)(
         f"{problem} ({why})", status=problem.status, outcome=problem.outcome
     )
 
@@ -706,10 +708,11 @@ class _FhirClientCore:
     def _exchange(self, call: _Call, budget: _Budget) -> _Flow[_Reply]:
         """Send one logical request under the retry policy; return its 2xx reply or raise.
 
-        Retried: network errors and timeouts, 408, 429, 5xx, each after exponential backoff or
-        the server's Retry-After. A request that is not idempotent (a plain POST) is resent only
-        when it surely was not applied (no connection made, 408, 429, 503): otherwise a retry
-        could create a resource twice, so the error goes to the caller as Temporary.
+        Retried: network errors and timeouts, 408, 429, 5xx but 501, each after exponential
+        backoff or the server's Retry-After. A request that is not idempotent (a plain POST) is
+        resent only when it surely was not applied (no connection made, 408, 429, 503):
+        otherwise a retry could create a resource twice, so the error goes to the caller as
+        Temporary.
         """
         retry = 0
         reauthorised = False

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import orjson
 
+from fhir_leuko.errors import ConfigError, InputError
 from fhir_leuko.storage import Database, Migrations, Row, Tx, open_database
 
 __all__ = [
@@ -246,9 +247,9 @@ class Queue:
         pool_size: int = 4,
     ) -> None:
         if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+            raise ConfigError("the queue's max_attempts must be at least 1")
         if backoff_base_s < 0 or backoff_cap_s < 0:
-            raise ValueError("backoff delays must not be negative")
+            raise ConfigError("the queue's backoff delays must not be negative")
         self._clock = clock
         self._base = backoff_base_s
         self._cap = backoff_cap_s
@@ -308,7 +309,7 @@ class Queue:
         notification (``sub:{id}:event:{n}``, ``res:Observation/{id}/_history/{v}``) is
         processed once."""
         if not kind or not dedupe_key:
-            raise ValueError("kind and dedupe_key must be non-empty")
+            raise InputError("a job needs a kind and a dedupe_key")
         t = self._now(now)
         with self._tx() as db:
             cur = db.execute(
@@ -328,7 +329,7 @@ class Queue:
         triggering reference) is appended to the waiting job's ``payload["reasons"]``.
         """
         if not patient_ref:
-            raise ValueError("patient_ref must be non-empty")
+            raise InputError("an evaluation job needs a patient_ref")
         t = self._now(now)
         with self._tx() as db:
             db.lock(f"patient:{patient_ref}")
@@ -388,7 +389,7 @@ class Queue:
         A job whose patient has another job running waits for it.
         """
         if lease_s <= 0:
-            raise ValueError("lease_s must be positive")
+            raise ConfigError("the worker lease (lease_s) must be positive")
         skipped: list[int] = []
         with self._tx() as db:
             for _ in range(_CLAIM_TRIES):

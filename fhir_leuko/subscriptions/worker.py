@@ -55,6 +55,9 @@ from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import (
     ConfigError,
     FatalFhirServerError,
+    FhirBadRequest,
+    FhirNotFound,
+    FhirNotSupported,
     InputError,
     TemporaryFhirServerError,
 )
@@ -455,10 +458,8 @@ class Worker:
         rtype, rid = parsed[0].split("/", 1)
         try:
             return client.read(rtype, rid)
-        except FatalFhirServerError as err:
-            if err.status in (404, 410):
-                raise _Finished("resource deleted or gone before we read it") from None
-            raise
+        except FhirNotFound:
+            raise _Finished("resource deleted or gone before we read it") from None
 
     def _patient_of_deleted(self, client: FhirClient, focus: str) -> str | None:
         """A deleted result's patient, from the newest version its history still shows."""
@@ -467,10 +468,8 @@ class Worker:
             raise InputError("deletion job has no Type/id focus")
         try:
             history = client.get_url(f"{parsed[0]}/_history")
-        except FatalFhirServerError as err:
-            if err.status in (404, 410, 400, 405, 501):
-                raise _Finished("deleted result's history is unavailable") from None
-            raise
+        except (FhirNotFound, FhirBadRequest, FhirNotSupported):
+            raise _Finished("deleted result's history is unavailable") from None
         for resource in bundle_resources(history):
             if is_relevant(resource) and (patient := subject_patient(resource)):
                 return patient

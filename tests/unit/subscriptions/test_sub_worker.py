@@ -533,5 +533,5 @@ def test_a_failure_is_stored_in_full_but_logged_without_the_servers_text(
 
     assert outcome.state == "dead"
     assert f"Patient/{PATIENT_ID} is not known" in (queue.dead_letters()[0].last_error or "")
-    assert "FatalFhirServerError (HTTP 404)" in caplog.text
+    assert "FhirNotFound (HTTP 404)" in caplog.text
     assert PATIENT_ID not in caplog.text
