@@ -9,9 +9,10 @@ app's.
 Errors: every ``fhir_leuko.errors.LeukoError`` and every HTTP error raised by a route becomes
 an OperationOutcome here (CDS Hooks 3.0 makes that a SHOULD; 2.0 allows any body); its body
 is built by ``fhir_leuko.outcomes``, which the notification endpoints use for their own
-``application/fhir+json`` answers. The status is the exception's ``http_status`` when it declares one, else the type's
-default below. A bad JWT gets a bare 401 with no detail (cds-hooks.org best practices); the
-reason is logged, never the token. Nothing logged here contains a request body or header.
+``application/fhir+json`` answers. The status is the exception's ``http_status`` when it
+declares one, else the type's default below. A bad JWT gets a bare 401 with no detail
+(cds-hooks.org best practices); the reason is logged, never the token. Nothing logged here
+contains a request body or header.
 """
 
 from __future__ import annotations
