@@ -24,7 +24,7 @@ import jwt
 import orjson
 
 from fhir_leuko.errors import AuthError, ConfigError
-from fhir_leuko.storage import Database, Migrations, open_database
+from fhir_leuko.storage import Migrations, Store
 
 JwkDict = dict[str, Any]
 
@@ -142,7 +142,7 @@ _REPLAY_POSTGRES = (
 REPLAY_MIGRATIONS: Migrations = {"sqlite": (_REPLAY_SQLITE,), "postgresql": (_REPLAY_POSTGRES,)}
 
 
-class DatabaseReplayCache:
+class DatabaseReplayCache(Store):
     """Replay cache shared by every server process (``serve --workers N``) and, on
     PostgreSQL (``service.database_url``), by every replica on every host.
 
@@ -153,27 +153,8 @@ class DatabaseReplayCache:
     (503: the token was not judged), never a verdict on the token.
     """
 
-    def __init__(
-        self,
-        target: str | Database,
-        *,
-        clock: Callable[[], float] = time.time,
-        busy_timeout_s: float = 5.0,
-    ) -> None:
-        self._clock = clock
-        if isinstance(target, str):
-            self.database: Database = open_database(
-                target, busy_timeout_s=busy_timeout_s, pool_size=4
-            )
-            self._owns_database = True
-        else:
-            self.database = target
-            self._owns_database = False
-        try:
-            self.database.migrate("replay", REPLAY_MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+    component = "replay"
+    migrations = REPLAY_MIGRATIONS
 
     async def remember(self, key: str, until: float) -> bool:
         """Remember ``key`` until ``until``; False if any process already remembered it."""
@@ -189,14 +170,6 @@ class DatabaseReplayCache:
                 (key, until),
             )
             return bool(cur.rowcount == 1)
-
-    def ping(self) -> None:
-        """Raise `StorageError` unless the database answers."""
-        self.database.ping()
-
-    def close(self) -> None:
-        if self._owns_database:
-            self.database.close()
 
 
 #: The name from before PostgreSQL; a file path still opens SQLite.

@@ -78,16 +78,10 @@ Handler = Callable[[HookCall], Awaitable[m.CdsResponse]]
 
 @dataclass(frozen=True)
 class CdsService:
+    """One CDS service: what discovery says of it, and the coroutine answering its hook."""
+
     definition: ServiceDefinition
     handle: Handler
-
-    @property
-    def id(self) -> str:
-        return self.definition.id
-
-    @property
-    def hook(self) -> str:
-        return self.definition.hook
 
 
 REGISTRY: dict[str, CdsService] = {}

@@ -293,7 +293,7 @@ def build_router(settings: Settings) -> APIRouter:
         if service is None:
             raise UnknownService(f"no CDS service {service_id!r:.80}")
         doc = await _json_body(request)
-        req = _hook_request(doc, service_id, service.hook)
+        req = _hook_request(doc, service_id, service.definition.hook)
         now = utc_now()
 
         async def gather_for(patient_id: str) -> Gathered:

@@ -630,13 +630,19 @@ def _parse_time_str(value: str) -> datetime | None:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-def _effective(res: JSON) -> datetime | None:
+def effective_time(res: Mapping[str, Any]) -> datetime | None:
+    """When a result was taken: ``effective[x]`` (a Period by its start, else its end)."""
     raw = res.get("effectiveDateTime") or res.get("effectiveInstant")
     if raw is None:
         period = res.get("effectivePeriod")
         if isinstance(period, dict):
             raw = period.get("start") or period.get("end")
     return parse_time(raw)
+
+
+def result_time(res: Mapping[str, Any]) -> datetime | None:
+    """When a result was taken, else when it was issued."""
+    return effective_time(res) or parse_time(res.get("issued"))
 
 
 def _parse_birth(value: Any, reader: _Reader) -> date | None:
@@ -983,7 +989,7 @@ class _Reader:
                     sent=_sent_of(obs),
                 )
             return
-        own_time = _effective(obs)
+        own_time = effective_time(obs)
         if own_time is not None:
             when = own_time
         elif when is None:
@@ -1250,13 +1256,13 @@ class _Reader:
         value = " ".join(values[0].translate(_MINUS_SIGNS).lower().split())
         sign = "-" if value in _SIGN_NEGATIVE else "+" if value in _SIGN_POSITIVE else None
         if sign is not None:
-            when = _effective(obs) or parse_time(obs.get("issued"))
+            when = result_time(obs)
             self.cur.antigens.append((when, antigens.pop(), sign, ref or label_of(obs)))
 
     def _pregnancy_observation(self, obs: JSON, ref: str | None) -> None:
         if obs.get("status") not in USED_STATUSES:
             return
-        when = _effective(obs) or parse_time(obs.get("issued"))
+        when = effective_time(obs) or parse_time(obs.get("issued"))
         vcc = obs.get("valueCodeableConcept")
         if when is None or not isinstance(vcc, dict):
             return
@@ -1275,7 +1281,7 @@ class _Reader:
         if res.get("status") in BAD_REPORT_STATUSES:
             return
         rid = label_of(res)
-        when = _effective(res)
+        when = effective_time(res)
         contained = {
             c.get("id"): c
             for c in res.get("contained") or ()
@@ -1304,7 +1310,7 @@ class _Reader:
         report's."""
         self.own(obs, None if subject_reference(obs) is not None else report)
         ref = f"{rid}{target}"
-        if when is None and _effective(obs) is None:
+        if when is None and effective_time(obs) is None:
             if _analyte_of(obs) is None:
                 return  # not a result we read (a haematocrit, an MCH): nothing to say
             self.issue(

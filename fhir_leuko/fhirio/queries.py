@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
 from fhir_leuko.fhirio import codes
-from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.ingest import result_time
 
 __all__ = [
     "CBC",
@@ -153,15 +153,6 @@ PATIENT_DATA: tuple[PatientQuery, ...] = (
 # --------------------------------------------------------------------------- time windows
 
 
-def _effective(resource: JSON) -> datetime | None:
-    when = resource.get("effectiveDateTime") or resource.get("effectiveInstant")
-    if when is None:
-        period = resource.get("effectivePeriod")
-        if isinstance(period, dict):
-            when = period.get("start") or period.get("end")
-    return parse_time(when) or parse_time(resource.get("issued"))
-
-
 def within_window(resources: Sequence[JSON], query: PatientQuery, now: datetime) -> list[JSON]:
     """The query's resources inside its window; undated ones pass (ingest reports them)."""
     if query.window is None:
@@ -170,7 +161,7 @@ def within_window(resources: Sequence[JSON], query: PatientQuery, now: datetime)
     kept: list[JSON] = []
     for r in resources:
         if r.get("resourceType") in ("Observation", "DiagnosticReport"):
-            when = _effective(r)
+            when = result_time(r)
             if when is not None and when < cutoff:
                 continue
         kept.append(r)

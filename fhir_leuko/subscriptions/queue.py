@@ -34,7 +34,7 @@ from typing import Any, Literal
 import orjson
 
 from fhir_leuko.errors import ConfigError, InputError
-from fhir_leuko.storage import Database, Migrations, Row, Tx, open_database
+from fhir_leuko.storage import Database, Migrations, Row, Store, Tx
 
 __all__ = [
     "EVALUATE",
@@ -224,7 +224,7 @@ def _job(row: Row) -> Job:
     )
 
 
-class Queue:
+class Queue(Store):
     """A thread-safe, crash-safe job queue; several `Queue` objects (threads, processes,
     replicas on other hosts with PostgreSQL) may share one database.
 
@@ -234,6 +234,10 @@ class Queue:
     ``backoff_cap_s`` (deterministic, no jitter: claims are spread by the queue itself).
     After ``max_attempts`` claims the job is dead-lettered.
     """
+
+    component = "queue"
+    migrations = MIGRATIONS
+    sqlite_pragmas = ("synchronous=FULL",)
 
     def __init__(
         self,
@@ -250,45 +254,15 @@ class Queue:
             raise ConfigError("the queue's max_attempts must be at least 1")
         if backoff_base_s < 0 or backoff_cap_s < 0:
             raise ConfigError("the queue's backoff delays must not be negative")
-        self._clock = clock
         self._base = backoff_base_s
         self._cap = backoff_cap_s
         self.max_attempts = max_attempts
-        if isinstance(target, str | PathLike):
-            self.database: Database = open_database(
-                target,
-                busy_timeout_s=busy_timeout_s,
-                pool_size=pool_size,
-                sqlite_pragmas=("synchronous=FULL",),
-            )
-            self._owns_database = True
-        else:
-            self.database = target
-            self._owns_database = False
-        try:
-            self.database.migrate("queue", MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(target, clock=clock, busy_timeout_s=busy_timeout_s, pool_size=pool_size)
 
     # ------------------------------------------------------------------ plumbing
 
-    def close(self) -> None:
-        if self._owns_database:
-            self.database.close()
-
-    def __enter__(self) -> Queue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _tx(self) -> AbstractContextManager[Tx]:
         return self.database.transaction()
-
-    def ping(self) -> None:
-        """Raise `StorageError` unless the database answers."""
-        self.database.ping()
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
