@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, TypeAlias, TypeVar, cast
+from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar, Unpack, cast
 
 import anyio
 import httpx
@@ -570,6 +570,24 @@ class _Call:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+class ClientOptions(TypedDict, total=False):
+    """What both clients take besides the base URL and their HTTP client: the defaults and
+    their meaning are :class:`_FhirClientCore`'s."""
+
+    auth: Auth
+    timeouts: FhirTimeouts | float | None
+    max_retries: int
+    backoff_base: float
+    max_backoff: float
+    max_retry_after: float
+    deadline: float | None
+    max_pages: int
+    max_resources: int
+    max_response_bytes: int
+    clock: Callable[[], float]
+    jitter: Callable[[], float]
+
+
 class _FhirClientCore:
     """Configuration and every flow; no I/O. Base of the sync and async clients."""
 
@@ -1046,37 +1064,12 @@ class FhirClient(_FhirClientCore):
         self,
         base_url: str,
         *,
-        auth: Auth = None,
-        timeouts: FhirTimeouts | float | None = None,
-        max_retries: int = 3,
-        backoff_base: float = 0.5,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 60.0,
-        deadline: float | None = None,
-        max_pages: int = 100,
-        max_resources: int = 10_000,
-        max_response_bytes: int = 64 * 1024 * 1024,
         client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        jitter: Callable[[], float] = random.random,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            base_url,
-            auth=auth,
-            timeouts=timeouts,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            max_backoff=max_backoff,
-            max_retry_after=max_retry_after,
-            deadline=deadline,
-            max_pages=max_pages,
-            max_resources=max_resources,
-            max_response_bytes=max_response_bytes,
-            clock=clock,
-            jitter=jitter,
-        )
+        super().__init__(base_url, **options)
         self._owns_http = client is None
         # follow_redirects stays off: a redirect could carry the token to another origin.
         self._http = client or httpx.Client(transport=transport, follow_redirects=False)
@@ -1199,37 +1192,12 @@ class AsyncFhirClient(_FhirClientCore):
         self,
         base_url: str,
         *,
-        auth: Auth = None,
-        timeouts: FhirTimeouts | float | None = None,
-        max_retries: int = 3,
-        backoff_base: float = 0.5,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 60.0,
-        deadline: float | None = None,
-        max_pages: int = 100,
-        max_resources: int = 10_000,
-        max_response_bytes: int = 64 * 1024 * 1024,
         client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        jitter: Callable[[], float] = random.random,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            base_url,
-            auth=auth,
-            timeouts=timeouts,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            max_backoff=max_backoff,
-            max_retry_after=max_retry_after,
-            deadline=deadline,
-            max_pages=max_pages,
-            max_resources=max_resources,
-            max_response_bytes=max_response_bytes,
-            clock=clock,
-            jitter=jitter,
-        )
+        super().__init__(base_url, **options)
         self._owns_http = client is None
         self._http = client or httpx.AsyncClient(transport=transport, follow_redirects=False)
         self._sleep = sleep
