@@ -39,6 +39,7 @@ from fhir_leuko.errors import (
 from fhir_leuko.fhirio import codes, queries
 from fhir_leuko.fhirio.client import FhirClient, bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.refs import type_and_id
 
 _R4_PREFIX: Final = "4.0"
 _BACKPORT: Final = "http://hl7.org/fhir/uv/subscriptions-backport"
@@ -844,8 +845,8 @@ def _ref_id(ref: object, rtype: str) -> str | None:
     raw = ref.get("reference") if isinstance(ref, dict) else None
     if not isinstance(raw, str):
         return None
-    parts = raw.split("/_history/")[0].rstrip("/").split("/")
-    return parts[-1] if len(parts) >= 2 and parts[-2] == rtype else None
+    pair = type_and_id(raw)
+    return pair[1] if pair is not None and pair[0] == rtype else None
 
 
 def _subject_id(resource: Mapping[str, Any]) -> str | None:

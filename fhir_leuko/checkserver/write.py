@@ -33,6 +33,7 @@ from fhir_leuko.errors import (
 from fhir_leuko.fhirio import codes, emit
 from fhir_leuko.fhirio.client import bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.refs import type_and_id
 from fhir_leuko.fhirio.server import fetch_patient_data, write_back
 from fhir_leuko.service import evaluate
 
@@ -554,10 +555,8 @@ def _location(entry: Mapping[str, Any]) -> tuple[str, str] | None:
     """(type, id) of a transaction-response entry: from response.location, else the resource."""
     response = entry.get("response") or {}
     location = response.get("location") if isinstance(response, dict) else None
-    if isinstance(location, str) and location:
-        parts = location.split("/_history/")[0].rstrip("/").split("/")
-        if len(parts) >= 2:
-            return parts[-2], parts[-1]
+    if isinstance(location, str) and (pair := type_and_id(location)):
+        return pair
     resource = entry.get("resource")
     if isinstance(resource, dict) and resource.get("id"):
         return str(resource.get("resourceType")), str(resource["id"])

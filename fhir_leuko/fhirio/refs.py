@@ -36,6 +36,7 @@ __all__ = [
     "split_base",
     "subject_patient",
     "subject_reference",
+    "type_and_id",
     "version_id",
 ]
 
@@ -111,6 +112,12 @@ def split_base(reference: str) -> tuple[str | None, str]:
         return None, rel
     cut = reference.find("/" + rel)
     return (reference[:cut] if cut > 0 else ""), rel
+
+
+def type_and_id(reference: str) -> tuple[str, str] | None:
+    """Lenient ``(Type, id)`` of a reference (see :func:`relative`); None without both."""
+    rtype, sep, rid = relative(reference).partition("/")
+    return (rtype, rid) if sep and rtype and rid and "/" not in rid else None
 
 
 # --------------------------------------------------------------------------- of a resource

@@ -31,6 +31,7 @@ from fhir_leuko.fhirio.refs import (
     key_of,
     last_updated,
     normalise_reference,
+    parse_reference,
     patient_of,
     reference_of,
     subject_patient,
@@ -116,9 +117,9 @@ def _subscription_id(value: object) -> str | None:
     ref = reference_of(value)
     if ref is None:
         return None
-    parsed = normalise_reference(ref)
+    parsed = parse_reference(ref)
     if parsed is not None:
-        return parsed[0].split("/", 1)[1]
+        return parsed.id
     ref = ref.strip()
     return ref if ID_RE.fullmatch(ref) else None
 

@@ -68,7 +68,13 @@ from fhir_leuko.fhirio.client import (
     bundle_resources,
 )
 from fhir_leuko.fhirio.ingest import parse_time
-from fhir_leuko.fhirio.refs import last_updated, normalise_reference, subject_patient, version_id
+from fhir_leuko.fhirio.refs import (
+    last_updated,
+    normalise_reference,
+    parse_reference,
+    subject_patient,
+    version_id,
+)
 from fhir_leuko.fhirio.server import endpoint_auth, fetch_patient_data, write_back
 from fhir_leuko.service import evaluate
 from fhir_leuko.subscriptions.queue import EVALUATE, Job, Queue
@@ -121,10 +127,10 @@ def patient_key(endpoint: str, patient: str) -> str:
 
 def _split_patient_key(key: str) -> tuple[str, str]:
     endpoint, sep, patient = key.partition("|")
-    parsed = normalise_reference(patient) if sep else None
-    if not endpoint or parsed is None or not parsed[0].startswith("Patient/"):
+    parsed = parse_reference(patient) if sep else None
+    if not endpoint or parsed is None or parsed.type != "Patient":
         raise InputError("evaluation job has no endpoint|Patient/id key")
-    return endpoint, parsed[0].split("/", 1)[1]
+    return endpoint, parsed.id
 
 
 def is_relevant(resource: Mapping[str, Any]) -> bool:
@@ -452,12 +458,11 @@ class Worker:
         return Outcome(job.id, job.kind, "done", note="evaluation requested")
 
     def _read_focus(self, client: FhirClient, focus: str) -> JSON:
-        parsed = normalise_reference(focus)
+        parsed = parse_reference(focus)
         if parsed is None:
             raise InputError("change job has no Type/id focus")
-        rtype, rid = parsed[0].split("/", 1)
         try:
-            return client.read(rtype, rid)
+            return client.read(parsed.type, parsed.id)
         except FhirNotFound:
             raise _Finished("resource deleted or gone before we read it") from None
 

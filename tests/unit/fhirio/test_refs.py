@@ -13,6 +13,7 @@ from fhir_leuko.fhirio.refs import (
     relative,
     split_base,
     subject_patient,
+    type_and_id,
 )
 
 
@@ -72,3 +73,16 @@ def test_medication_concept_reads_each_kind_of_reference() -> None:
     display_only = {"medicationReference": {"display": "clozapine"}}
     assert medication_concept(display_only) == {"text": "clozapine"}
     assert medication_concept({"medicationCodeableConcept": code}) == code
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("Observation/1/_history/2", ("Observation", "1")),
+        ("https://x/fhir/Patient/p_1/", ("Patient", "p_1")),
+        ("Patient/", None),
+        ("lonely", None),
+    ],
+)
+def test_type_and_id(ref: str, expected: tuple[str, str] | None) -> None:
+    assert type_and_id(ref) == expected
