@@ -45,6 +45,7 @@ from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, FhirServerError, InputError, LeukoError
 from fhir_leuko.outcomes import BEARER_CHALLENGE, outcome_response
 from fhir_leuko.subscriptions import router as subscriptions_router
+from fhir_leuko.web import site
 
 logger = logging.getLogger("fhir_leuko.app")
 
@@ -54,6 +55,7 @@ RouterBuilder = Callable[[Settings], Any]  # -> fastapi.APIRouter
 ROUTER_BUILDERS: tuple[RouterBuilder, ...] = (
     cdshooks_router.build_router,
     subscriptions_router.build_router,
+    site.build_router,
 )
 
 #: FHIR issue-type code and default HTTP status per error type, most specific first.

@@ -45,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a FHIR Bundle (or list of resources) file")
     ev.add_argument("file", help="FHIR JSON file, or - for standard input")
     ev.add_argument("--now", type=_parse_now, help="evaluation time, ISO-8601 (default: now, UTC)")
-    ev.add_argument("--format", choices=("json", "text"), default="json")
+    ev.add_argument(
+        "--format",
+        choices=("json", "text", "html"),
+        default="json",
+        help="json: the output Bundle; text: a summary; html: one self-contained page with the "
+        "CBC trend chart and the assessment",
+    )
     ev.add_argument("--config", help="TOML configuration file")
 
     sv = sub.add_parser("serve", help="run the HTTP service (CDS Hooks and notifications)")
@@ -171,6 +177,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise InputError(f"{args.file}: {exc}") from None
     if args.format == "text":
         sys.stdout.write(text_report(assessment))
+    elif args.format == "html":
+        from fhir_leuko.web.report import html_report
+
+        configured = settings.origins.get("service.public_base_url") != DERIVED_BASE_URL
+        rules = f"{settings.service.public_base_url.rstrip('/')}/rules" if configured else None
+        doc = orjson.loads(data)
+        sys.stdout.buffer.write(
+            html_report(assessment, doc, settings.thresholds, rules).encode("utf-8")
+        )
     else:
         out = emit.bundle(assessment)
         sys.stdout.buffer.write(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")

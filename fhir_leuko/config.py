@@ -108,8 +108,9 @@ class ServiceSettings:
     # Answer GET /cds-services without a JWT (some EHRs probe discovery unauthenticated);
     # service and feedback calls always need one unless insecure_dev.
     public_discovery: bool = False
-    # Where cards link for the rules and their sources (card.source.url).
-    rules_url: str = "http://fhir-leuko.org/fhir/clinical-rules"
+    # The SMART client id of the trend app at /app/ (registered with the EHR). Cards link to
+    # the decision table at <public_base_url>/rules and to the app at <public_base_url>/app/.
+    app_client_id: str = "fhir-leuko-trend"
     # Garbage collector: a hook call allocates thousands of short-lived, acyclic objects
     # (the parsed prefetch), so Python's default gen-0 threshold of 700 runs collections
     # over and over; 0 keeps Python's default (benchmarks/README.md "HTTP benchmark").

@@ -388,14 +388,23 @@ class JwtVerifier:
         return alg
 
     async def _find_key(self, iss: str, trust: IssuerTrust, jku: str | None, kid: str) -> JwkDict:
-        """Find the key for ``kid`` without ever fetching a URL that is not allowlisted."""
+        """Find the key for ``kid`` without ever fetching a URL that is not allowlisted.
+
+        A configured key set (``jwks_file``) is trusted whatever ``jku`` the token names: some
+        clients (the public sandbox) always send one. The key then comes from the site's own
+        file, never from the token's URL, so the token cannot bring its own key.
+        """
+        configured = self._configured.get(iss, {}).get(kid)
         if jku is not None:
-            # Fetching a jku the token chose would let anyone supply their own key.
-            if jku not in trust.jku_allowlist:
+            if jku in trust.jku_allowlist:
+                jwk = await self._jwks.lookup(jku, kid) or configured
+            elif configured is not None:
+                jwk = configured
+            else:
+                # Fetching a jku the token chose would let anyone supply their own key.
                 raise AuthError(f"jku {_quote(jku)} is not on the allowlist of {_quote(iss)}")
-            jwk = await self._jwks.lookup(jku, kid)
         else:
-            jwk = self._configured.get(iss, {}).get(kid)
+            jwk = configured
             for url in trust.jku_allowlist:
                 if jwk is not None:
                     break

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from fhir_leuko.cdshooks import models as m
 from fhir_leuko.cdshooks.cards import (
+    CardLinks,
     SelectedDrug,
     medication_check_response,
     patient_view_response,
@@ -47,7 +48,8 @@ class HookCall:
     request: m.HookRequest
     now: datetime
     thresholds: Thresholds
-    rules_url: str
+    #: Where cards point (the decision table page, the trend app) on this service.
+    links: CardLinks
     #: The patient's data for this service's prefetch keys: prefetched, else fetched.
     gather: Callable[[str], Awaitable[Gathered]]
 
@@ -107,7 +109,7 @@ async def patient_view(call: HookCall) -> m.CdsResponse:
     """Grade low counts, explain them and propose the orders."""
     ctx = call.context(m.PatientViewContext)
     a = call.assess(await call.gather(ctx.patientId), ctx.patientId)
-    return patient_view_response(a, service_id=call.definition.id, rules_url=call.rules_url)
+    return patient_view_response(a, service_id=call.definition.id, links=call.links)
 
 
 @service(MEDICATION_CHECK)
@@ -118,9 +120,7 @@ async def medication_check(call: HookCall) -> m.CdsResponse:
     if not drugs:
         return m.CdsResponse(cards=[])
     a = call.assess(await call.gather(ctx.patientId), ctx.patientId, tuple(active))
-    return medication_check_response(
-        a, drugs, service_id=call.definition.id, rules_url=call.rules_url
-    )
+    return medication_check_response(a, drugs, service_id=call.definition.id, links=call.links)
 
 
 def selected_drugs(ctx: m.OrderSelectContext) -> tuple[list[SelectedDrug], list[JSON]]:

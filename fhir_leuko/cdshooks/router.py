@@ -37,6 +37,7 @@ from fhir_leuko.cdshooks.auth import (
     JwtPolicy,
     JwtVerifier,
 )
+from fhir_leuko.cdshooks.cards import CardLinks
 from fhir_leuko.cdshooks.feedback import Feedback, FeedbackStore, parse_feedback
 from fhir_leuko.cdshooks.fetch import FetchPolicy, Gathered, gather
 from fhir_leuko.cdshooks.handlers import REGISTRY, HookCall
@@ -45,6 +46,8 @@ from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, InputError
 from fhir_leuko.fhirio.client import AsyncFhirClient
 from fhir_leuko.metrics import CheckedRouter
+from fhir_leuko.web.rules import rules_page
+from fhir_leuko.web.site import public_base
 
 JSON = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -110,8 +113,13 @@ class _State:
     policy: FetchPolicy
     base: str  # public base URL, no trailing slash
     discovery_body: bytes
+    row_titles: Mapping[str, str]
     replay: DatabaseReplayCache | None = None
     store_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def card_links(self, request: Request) -> CardLinks:
+        """Links for cards: the decision table and the trend app on this service."""
+        return CardLinks(public_base(self.settings, request), self.row_titles)
 
     async def authenticate(self, request: Request, path: str) -> Claims | None:
         """Verify the client's JWT for the endpoint at ``path`` (its public URL is ``aud``)."""
@@ -243,6 +251,7 @@ def build_router(settings: Settings) -> APIRouter:
         base=svc.public_base_url.rstrip("/"),
         discovery_body=orjson.dumps(m.wire(m.Discovery.model_validate(discovery()))),
         replay=replay,
+        row_titles=rules_page(settings.thresholds).row_titles,
     )
 
     @asynccontextmanager
@@ -314,7 +323,7 @@ def build_router(settings: Settings) -> APIRouter:
                 request=req,
                 now=now,
                 thresholds=settings.thresholds,
-                rules_url=svc.rules_url,
+                links=state.card_links(request),
                 gather=gather_for,
             )
         )

@@ -24,7 +24,7 @@ CTCAE = Reference(
     "ref-ctcae-v5",
     "National Cancer Institute. Common Terminology Criteria for Adverse Events (CTCAE) "
     "version 5.0. US Department of Health and Human Services, 2017: neutrophil count "
-    "decreased grades; febrile neutropenia (ANC < 1.0 x 10^9/L with a single temperature "
+    "decreased grades; febrile neutropenia (ANC < 1.0 ×10⁹/L with a single temperature "
     "> 38.3 C or >= 38.0 C sustained over one hour).",
 )
 IDSA_2010 = Reference(
@@ -65,7 +65,7 @@ MERZ_2023 = Reference(
     "Merz 2023",
     "ref-merz-2023",
     "Merz LE, Story CM, Osei MA, et al. Development of Duffy null-specific absolute neutrophil "
-    "count reference ranges. JAMA 2023;329(23):2088-2089 (lower limit 1.21 x 10^9/L); and "
+    "count reference ranges. JAMA 2023;329(23):2088-2089 (lower limit 1.21 ×10⁹/L); and "
     "Merz LE, et al. Absolute neutrophil count by Duffy status among healthy Black and African "
     "American adults. Blood Adv 2023;7(3):317-320.",
     "https://doi.org/10.1001/jama.2023.7467",
@@ -130,5 +130,8 @@ def cite(*refs: Reference) -> str:
 
 
 def row_anchor(row: str) -> str:
-    """The id of a decision-table row on the rules page: '1b' -> 'row-1b'."""
+    """The id of a decision-table row on the rules page: '1b' -> 'row-1b'; a result that
+    could not be assessed points at the rule that says so (1.8, 'cleaning-unusable')."""
+    if row == "not-assessable":
+        return "cleaning-unusable"
     return f"row-{row}"

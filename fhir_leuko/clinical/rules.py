@@ -236,6 +236,7 @@ class Facts:
     fever: bool
     febrile_neutropenia: bool
     anaemia: bool
+    hb_lln: float | None
     thrombocytopenia: bool
     bicytopenia: bool
     pancytopenia: bool
@@ -441,7 +442,8 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
 
     # --- Other cell lines ----------------------------------------------------------------------
     pregnant = any(cond.kind == "pregnancy" for cond in labs.conditions)
-    anaemia_text = _anaemia(index, labs.sex, age_y, age_m, pregnant, t)
+    hb_lln, hb_who = hb_lower_limit(labs.sex, age_y, age_m, pregnant, t)
+    anaemia_text = _anaemia(index, hb_lln, hb_who)
     if anaemia_text:
         c.find("anaemia", anaemia_text, SRC_ANAEMIA)
     plt = index.results.get(Analyte.PLATELETS)
@@ -553,6 +555,7 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
         fever=fever,
         febrile_neutropenia=febrile_neutropenia,
         anaemia=bool(anaemia_text),
+        hb_lln=hb_lln,
         thrombocytopenia=thrombocytopenia,
         bicytopenia=bicytopenia,
         pancytopenia=pancytopenia,
@@ -660,6 +663,18 @@ class _Decision:
         start, end = self.workup_window(priority)
         reason = f"{ctx}: {detail or PURPOSE[action]}"
         self.propose(Recommendation(action, priority, start, end, reason, source, optional))
+
+    def smear_and_referral(self, priority: Priority, ctx: str) -> None:
+        """Smear and haematology referral below an ANC of 1.0, where referral is mandatory
+        (rows 2 and 4; Gibson & Berliner 2014)."""
+        self.add(Action.PERIPHERAL_SMEAR, priority, ctx, SRC_WORKUP)
+        self.add(
+            Action.HAEMATOLOGY_REFERRAL,
+            priority,
+            ctx,
+            SRC_WORKUP,
+            detail="haematology referral, mandatory below 1.0",
+        )
 
     def b12_folate(self, priority: Priority, ctx: str) -> None:
         """B12 and folate together, unless recently resulted (section 3, 'Always')."""
@@ -815,14 +830,7 @@ def _row_2(f: Facts, d: _Decision, t: Thresholds) -> bool:
         ctx + ", to be confirmed within 24 h",
         SRC_GRADE,
     )
-    d.add(Action.PERIPHERAL_SMEAR, Priority.ASAP, ctx, SRC_WORKUP)
-    d.add(
-        Action.HAEMATOLOGY_REFERRAL,
-        Priority.ASAP,
-        ctx,
-        SRC_WORKUP,
-        detail="haematology referral, mandatory below 1.0",
-    )
+    d.smear_and_referral(Priority.ASAP, ctx)
     return True
 
 
@@ -861,14 +869,7 @@ def _row_4(f: Facts, d: _Decision, t: Thresholds) -> bool:
         d.repeat(
             Priority.URGENT, t.repeat_moderate_start_d, t.repeat_moderate_end_d, ctx, SRC_WORKUP
         )
-    d.add(Action.PERIPHERAL_SMEAR, Priority.URGENT, ctx, SRC_WORKUP)
-    d.add(
-        Action.HAEMATOLOGY_REFERRAL,
-        Priority.URGENT,
-        ctx,
-        SRC_WORKUP,
-        detail="haematology referral, mandatory below 1.0",
-    )
+    d.smear_and_referral(Priority.URGENT, ctx)
     return True
 
 
@@ -1236,6 +1237,7 @@ def _assess(labs: PatientLabs, now: datetime, horizon: datetime, t: Thresholds) 
         draws=tuple(draws),
         decision_grade=f.decision_grade,
         unusable=unusable,
+        hb_lln=f.hb_lln,
     )
 
 
@@ -1335,32 +1337,31 @@ def _fever(
     return None
 
 
-def _anaemia(
-    index: Draw,
-    sex: str | None,
-    age_y: int | None,
-    age_m: int | None,
-    pregnant: bool,
-    t: Thresholds,
-) -> str | None:
+def hb_lower_limit(
+    sex: str | None, age_y: int | None, age_m: int | None, pregnant: bool, t: Thresholds
+) -> tuple[float | None, str]:
+    """The WHO 2011 haemoglobin limit (g/dL) for age, sex and pregnancy, and whom it is for;
+    None under 6 months, where WHO gives none."""
+    if age_m is not None and age_m < 6:
+        return None, "under 6 months"
+    if age_y is not None and age_y < 5:
+        return t.hb_low_6m_to_4y, "6 months-4 y"
+    if age_y is not None and age_y < 12:
+        return t.hb_low_5_to_11y, "5-11 y"
+    if age_y is not None and age_y < t.hb_adult_age_years:
+        return t.hb_low_12_to_14y, f"12-{t.hb_adult_age_years - 1} y"
+    if pregnant and sex != "male":
+        return t.hb_low_pregnant, "pregnancy"
+    if sex == "male":
+        return t.hb_low_male, "male"
+    return t.hb_low_female, "female" if sex == "female" else "sex unknown"
+
+
+def _anaemia(index: Draw, limit: float | None, who: str) -> str | None:
     """WHO 2011 haemoglobin limits by age, sex and pregnancy."""
     hb = index.results.get(Analyte.HAEMOGLOBIN)
-    if hb is None:
+    if hb is None or limit is None:
         return None
-    if age_m is not None and age_m < 6:
-        return None  # WHO 2011 gives no limit under 6 months
-    if age_y is not None and age_y < 5:
-        limit, who = t.hb_low_6m_to_4y, "6 months-4 y"
-    elif age_y is not None and age_y < 12:
-        limit, who = t.hb_low_5_to_11y, "5-11 y"
-    elif age_y is not None and age_y < t.hb_adult_age_years:
-        limit, who = t.hb_low_12_to_14y, f"12-{t.hb_adult_age_years - 1} y"
-    elif pregnant and sex != "male":
-        limit, who = t.hb_low_pregnant, "pregnancy"
-    elif sex == "male":
-        limit, who = t.hb_low_male, "male"
-    else:
-        limit, who = t.hb_low_female, "female" if sex == "female" else "sex unknown"
     if hb.value < limit:
         return f"Anaemia: haemoglobin {hb.shown} g/dL (< {num(limit)}, {who})"
     return None
@@ -1468,30 +1469,7 @@ def _not_assessable(c: _Ctx, draws: Sequence[Draw], unusable: tuple[DataIssue, .
         f"({words}); check them - this is not a normal count"
     )
     c.hit("not-assessable", text, table("1.8 (unusable is not normal)"))
-    return Assessment(
-        patient_id=c.labs.patient_id,
-        now=c.now,
-        risk=Risk.NEGLIGIBLE,
-        row=Row.NOT_ASSESSABLE,
-        headline=text,
-        grade=NeutropeniaGrade.UNKNOWN,
-        index_draw=None,
-        wbc=None,
-        wbc_lln=None,
-        anc_lln=c.t.anc_lln_adult,
-        findings=(),
-        recommendations=(),
-        not_proposed=(),
-        medications=c.labs.medications,
-        conditions=(),
-        mitigation=(),
-        trace=tuple(c.trace),
-        issues=tuple(c.issues),
-        preliminary=False,
-        basis=(),
-        draws=tuple(draws),
-        unusable=unusable,
-    )
+    return _without_finding(c, draws, unusable, Row.NOT_ASSESSABLE, text)
 
 
 def _normal(
@@ -1501,8 +1479,6 @@ def _normal(
     f: Facts | None = None,
     row: Row = Row.NORMAL,
 ) -> Assessment:
-    index = f.index if f is not None else None
-    grade = f.grade if f is not None else NeutropeniaGrade.UNKNOWN
     headline = "No leukopenia or neutropenia"
     if f is None:
         headline = "No CBC result (WBC, ANC or neutrophil %) to assess"
@@ -1514,6 +1490,20 @@ def _normal(
             f"NOT USED: {_unusable_words(unusable)} - check these values; the usable results "
             f"show: {headline[0].lower()}{headline[1:]}"
         )
+    return _without_finding(c, draws, unusable, row, headline, f)
+
+
+def _without_finding(
+    c: _Ctx,
+    draws: Sequence[Draw],
+    unusable: tuple[DataIssue, ...],
+    row: Row,
+    headline: str,
+    f: Facts | None = None,
+) -> Assessment:
+    """A negligible (normal) or not-assessable assessment: nothing proposed."""
+    index = f.index if f is not None else None
+    grade = f.grade if f is not None else NeutropeniaGrade.UNKNOWN
     return Assessment(
         patient_id=c.labs.patient_id,
         now=c.now,
@@ -1526,7 +1516,8 @@ def _normal(
         wbc=f.wbc if f is not None else None,
         wbc_lln=f.wbc_lln if f is not None else None,
         anc_lln=f.anc_lln if f is not None else c.t.anc_lln_adult,
-        findings=tuple(c.findings) if unusable else (),
+        hb_lln=f.hb_lln if f is not None else None,
+        findings=tuple(c.findings) if unusable and row is not Row.NOT_ASSESSABLE else (),
         recommendations=(),
         not_proposed=(),
         medications=c.labs.medications,

@@ -58,39 +58,39 @@ Where the references below are silent or disagree, the safer reading is taken an
 
 ## 1. Which data are used {{#cleaning}}
 
-1. **Statuses** {{#cleaning-status}}: `final`, `amended`, `corrected` and `preliminary` results
+1. **Statuses**: `final`, `amended`, `corrected` and `preliminary` results
    are used; `registered`, `cancelled`, `entered-in-error` and `unknown` are not (and are
-   listed). A result with a `dataAbsentReason` or no value is not a result, never zero.
-2. **Draws, not results** {{#cleaning-draws}}: one result per analyte and effective time is kept
+   listed). A result with a `dataAbsentReason` or no value is not a result, never zero. {{#cleaning-status}}
+2. **Draws, not results**: one result per analyte and effective time is kept
    (amended/corrected > final > preliminary); identical duplicates count once. Serial rules
    (decline, stable, persistent) count **draws**: the same draw re-sent later, in another unit or
    under another code, is one point. Preliminary results may raise an alert but never suppress
-   one, and make the assessment *preliminary*.
-3. **Units** {{#cleaning-units}}: a unit that is not understood, or a UCUM code and a unit text
+   one, and make the assessment *preliminary*. {{#cleaning-draws}}
+3. **Units**: a unit that is not understood, or a UCUM code and a unit text
    that disagree, make the value unusable; the output names the value and the unit. UCUM case
    matters: `g/L` (grams per litre) on a count is never read as `G/L` (10⁹/L). An implausible
-   magnitude (a WBC of 3,400 ×10⁹/L) is reported, never silently rescaled.
-4. **Draws and the index CBC** {{#cleaning-index}}: results belong to one draw when they share a
+   magnitude (a WBC of 3,400 ×10⁹/L) is reported, never silently rescaled. {{#cleaning-units}}
+4. **Draws and the index CBC**: results belong to one draw when they share a
    specimen or DiagnosticReport, or were taken within {t.same_draw_tolerance_minutes} minutes
    of each other. The **index CBC** is the most recent draw with a WBC, an ANC or a neutrophil %.
    An Observation without its own time takes the time of the DiagnosticReport that lists it;
    references inside a Bundle also resolve by `fullUrl` (`urn:uuid:`), so two panels drawn in
-   the same minute stay two draws.
-5. **ANC** {{#cleaning-anc}}: the ANC reported in the index draw; else WBC × (neutrophil % +
+   the same minute stay two draws. {{#cleaning-index}}
+5. **ANC**: the ANC reported in the index draw; else WBC × (neutrophil % +
    band %) / 100 from the same draw, marked *derived*; else *unknown*. Different draws are never
    combined. The ANC can never exceed the WBC of its draw, so a low WBC proves at least the
-   grade it would have as an ANC.
-6. **Future-stamped results** {{#cleaning-future}} (usually a clock or time-zone error): up to
+   grade it would have as an ANC. {{#cleaning-anc}}
+6. **Future-stamped results** (usually a clock or time-zone error): up to
    {fut} h after the evaluation they are used like preliminary results (may raise, never
    suppress) and reported with their values; later than that they are not used and are named.
-   No output says "no leukopenia" while an unused value exists.
-7. **Text values** {{#cleaning-text}}: a text holding one number with an optional comparator
+   No output says "no leukopenia" while an unused value exists. {{#cleaning-future}}
+7. **Text values**: a text holding one number with an optional comparator
    (`<0.1`, `< 0.1`, `<=0.5`, `>12`, `0.8`) is read in the analyte's reporting unit when no unit
    is given; `<0.1` is read as just below 0.1. It is reported. Anything else (`3,400`,
-   `see comment`) is not read, and is named.
-8. **Unusable is not normal** {{#cleaning-unusable}}: when CBC results were sent but no white
+   `see comment`) is not read, and is named. {{#cleaning-text}}
+8. **Unusable is not normal**: when CBC results were sent but no white
    count could be used, the outcome is **could not be assessed** (an `info` card naming what was
-   unusable, and an error in the OperationOutcome), never "normal".
+   unusable, and an error in the OperationOutcome), never "normal". {{#cleaning-unusable}}
 
 ## 2. Findings {{#findings}}
 

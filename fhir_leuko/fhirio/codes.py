@@ -167,6 +167,48 @@ HIGH_RISK_RXCUI: Mapping[str, str] = {
     "10485": "thioguanine",
 }
 
+#: v2: every cytotoxic antineoplastic counts; these by name (codes unverified; an ATC L01
+#: coding counts too).
+CYTOTOXIC_BY_NAME: tuple[str, ...] = (
+    "paclitaxel",
+    "nab-paclitaxel",
+    "cabazitaxel",
+    "daunorubicin",
+    "idarubicin",
+    "mitoxantrone",
+    "ifosfamide",
+    "bendamustine",
+    "melphalan",
+    "busulfan",
+    "chlorambucil",
+    "temozolomide",
+    "dacarbazine",
+    "cytarabine",
+    "azacitidine",
+    "decitabine",
+    "fludarabine",
+    "cladribine",
+    "clofarabine",
+    "pemetrexed",
+    "hydroxyurea",
+    "topotecan",
+    "vinblastine",
+    "vinorelbine",
+    "eribulin",
+    "mitomycin",
+    "trabectedin",
+    "sacituzumab govitecan",
+    "trastuzumab deruxtecan",
+)
+#: v2: non-chemotherapy causes named beside them (linezolid: courses over 10 days).
+OTHER_V2_BY_NAME: tuple[str, ...] = (
+    "ganciclovir",
+    "valganciclovir",
+    "linezolid",
+    "levamisole",
+    "olanzapine",
+)
+
 #: Names matched in medication text or coding displays (lower case) -> ingredient name.
 #: Includes the by-name-only drugs of codes.md (codes unverified) and common synonyms.
 HIGH_RISK_NAMES: Mapping[str, str] = {
@@ -190,47 +232,9 @@ HIGH_RISK_NAMES: Mapping[str, str] = {
     "procainamide": "procainamide",
     "ticlopidine": "ticlopidine",
     "deferiprone": "deferiprone",
-    # codes.md (v2): the other cytotoxic antineoplastics, by name (codes unverified).
-    **{
-        name: name
-        for name in (
-            "paclitaxel",
-            "nab-paclitaxel",
-            "cabazitaxel",
-            "daunorubicin",
-            "idarubicin",
-            "mitoxantrone",
-            "ifosfamide",
-            "bendamustine",
-            "melphalan",
-            "busulfan",
-            "chlorambucil",
-            "temozolomide",
-            "dacarbazine",
-            "cytarabine",
-            "azacitidine",
-            "decitabine",
-            "fludarabine",
-            "cladribine",
-            "clofarabine",
-            "pemetrexed",
-            "hydroxyurea",
-            "topotecan",
-            "vinblastine",
-            "vinorelbine",
-            "eribulin",
-            "mitomycin",
-            "trabectedin",
-            "sacituzumab govitecan",
-            "trastuzumab deruxtecan",
-            # non-chemotherapy causes (codes.md v2)
-            "ganciclovir",
-            "valganciclovir",
-            "linezolid",
-            "levamisole",
-            "olanzapine",
-        )
-    },
+    # v2: the other cytotoxic antineoplastics, by name (codes unverified), and the
+    # non-chemotherapy causes added with them.
+    **{name: name for name in (*CYTOTOXIC_BY_NAME, *OTHER_V2_BY_NAME)},
     "hydroxycarbamide": "hydroxyurea",
     "paclitaxel protein-bound": "nab-paclitaxel",
     "protein-bound paclitaxel": "nab-paclitaxel",
@@ -279,35 +283,7 @@ ANTINEOPLASTIC: frozenset[str] = frozenset(
         "docetaxel",
         "doxorubicin",
         "vincristine",
-        "paclitaxel",
-        "nab-paclitaxel",
-        "cabazitaxel",
-        "daunorubicin",
-        "idarubicin",
-        "mitoxantrone",
-        "ifosfamide",
-        "bendamustine",
-        "melphalan",
-        "busulfan",
-        "chlorambucil",
-        "temozolomide",
-        "dacarbazine",
-        "cytarabine",
-        "azacitidine",
-        "decitabine",
-        "fludarabine",
-        "cladribine",
-        "clofarabine",
-        "pemetrexed",
-        "hydroxyurea",
-        "topotecan",
-        "vinblastine",
-        "vinorelbine",
-        "eribulin",
-        "mitomycin",
-        "trabectedin",
-        "sacituzumab govitecan",
-        "trastuzumab deruxtecan",
+        *CYTOTOXIC_BY_NAME,
     }
 )
 

@@ -23,6 +23,7 @@ from typing import Any
 from fhir_leuko.clinical.model import Action, Assessment, Finding, Recommendation
 from fhir_leuko.fhirio import codes
 from fhir_leuko.markdown import md
+from fhir_leuko.render import display_units
 
 JSON = dict[str, Any]
 
@@ -104,7 +105,7 @@ def finding_concept(f: Finding) -> JSON:
     snomed = codes.FINDING_SNOMED.get(f.code)
     if snomed is not None:
         coding.append({"system": codes.SNOMED, "code": snomed[0], "display": snomed[1]})
-    return {"coding": coding, "text": f.text}
+    return {"coding": coding, "text": display_units(f.text)}
 
 
 def rationale(a: Assessment) -> str:
@@ -115,7 +116,7 @@ def rationale(a: Assessment) -> str:
     if row is not None:
         lines.append(f"- {row.text} [{row.source}]")
     lines += [f"- Not proposed: {n}" for n in a.not_proposed]
-    return "\n".join(lines)
+    return display_units("\n".join(lines))
 
 
 def risk_assessment(a: Assessment) -> JSON:
@@ -124,7 +125,9 @@ def risk_assessment(a: Assessment) -> JSON:
     # that comes from the input (names, references, messages quoting a value) goes through
     # md(), so it renders as itself; our own words around them are written as Markdown.
     notes = [
-        {"text": f"Data issue: {md(i.message)}"} for i in a.issues if i.severity != "information"
+        {"text": f"Data issue: {md(display_units(i.message))}"}
+        for i in a.issues
+        if i.severity != "information"
     ]
     if a.medications:
         notes.append(
@@ -156,7 +159,8 @@ def risk_assessment(a: Assessment) -> JSON:
         "basis": [{"reference": r} for r in a.basis if "#" not in r] or None,
         # A normal (negligible) assessment is written only to supersede an abnormal one (the
         # Subscription worker); the profile still wants a reason and a mitigation.
-        "reasonCode": [finding_concept(f) for f in a.findings] or [{"text": a.headline}],
+        "reasonCode": [finding_concept(f) for f in a.findings]
+        or [{"text": display_units(a.headline)}],
         "prediction": [
             _prune(
                 {
@@ -225,7 +229,12 @@ def service_request(
         "reasonCode": reasons,
         "reasonReference": [{"reference": r} for r in index_refs] or None,
         "supportingInfo": [reference_to(ra)],
-        "note": [{"text": f"{rec.reason} [{rec.source}]" + (" Optional." if rec.optional else "")}],
+        "note": [
+            {
+                "text": display_units(f"{rec.reason} [{rec.source}]")
+                + (" Optional." if rec.optional else "")
+            }
+        ],
     }
     return _prune(sr)
 
@@ -258,7 +267,7 @@ def operation_outcome(a: Assessment) -> JSON | None:
             "severity": i.severity,
             "code": "informational" if i.severity == "information" else "invalid",
             "details": {"text": i.code},
-            "diagnostics": i.message,
+            "diagnostics": display_units(i.message),
         }
         for i in a.issues
     ]
@@ -270,7 +279,7 @@ def operation_outcome(a: Assessment) -> JSON | None:
                 "severity": "error",
                 "code": "incomplete",
                 "details": {"text": "not-assessable"},
-                "diagnostics": a.headline,
+                "diagnostics": display_units(a.headline),
             },
         )
     return {"resourceType": "OperationOutcome", "issue": issues}

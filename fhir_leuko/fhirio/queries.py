@@ -153,14 +153,41 @@ PATIENT_DATA: tuple[PatientQuery, ...] = (
 # --------------------------------------------------------------------------- time windows
 
 
+def _date_prefix(value: object) -> str | None:
+    """'YYYY-MM-DD' when a FHIR date/dateTime string starts with a well-formed date."""
+    if (
+        isinstance(value, str)
+        and len(value) >= 10
+        and value[4] == "-"
+        and value[7] == "-"
+        and value[:4].isdigit()
+        and value[5:7].isdigit()
+        and value[8:10].isdigit()
+    ):
+        return value[:10]
+    return None
+
+
 def within_window(resources: Sequence[JSON], query: PatientQuery, now: datetime) -> list[JSON]:
-    """The query's resources inside its window; undated ones pass (ingest reports them)."""
+    """The query's resources inside its window; undated ones pass (ingest reports them).
+
+    A result dated two days or more away from the cutoff is decided on its date alone (no time
+    zone moves a time by more than a day); only those near the cutoff are parsed in full.
+    """
     if query.window is None:
         return list(resources)
     cutoff = now - query.window
+    surely_in = (cutoff + timedelta(days=2)).date().isoformat()
+    surely_out = (cutoff - timedelta(days=2)).date().isoformat()
     kept: list[JSON] = []
     for r in resources:
         if r.get("resourceType") in ("Observation", "DiagnosticReport"):
+            day = _date_prefix(r.get("effectiveDateTime") or r.get("effectiveInstant"))
+            if day is not None and day >= surely_in:
+                kept.append(r)
+                continue
+            if day is not None and day < surely_out:
+                continue
             when = result_time(r)
             if when is not None and when < cutoff:
                 continue

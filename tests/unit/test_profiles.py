@@ -52,6 +52,7 @@ EXPECTED_FILES = frozenset(
         "CodeSystem-leukopenia-finding.json",
         "CodeSystem-leukopenia-action.json",
         "CodeSystem-cds-override-reason.json",
+        "CodeSystem-decision-table-row.json",
         "ValueSet-leukopenia-finding.json",
         "ValueSet-leukopenia-action.json",
         "ValueSet-loinc-cbc-all.json",

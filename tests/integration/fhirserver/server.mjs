@@ -18,6 +18,8 @@
 //   - GET <base>/metadata answers a CapabilityStatement of what this server does (also the
 //     readiness probe)
 //   - POST <base>/<Type>/_search with a form body, as the CDS Hooks sandbox sends
+//   - CORS (any origin, preflights answered), as public FHIR servers send for browser apps
+//     such as the SMART trend app
 // Crippled on purpose, for tests of clients that must notice (FHIR_TEST_SERVER_LACKS, a comma
 // list): no-next-links, no-sort (_sort ignored), no-transaction (405), html-errors (4xx
 // answered with an HTML page). The CapabilityStatement does not change: servers misstate too.
@@ -90,6 +92,19 @@ function readBody(req) {
   });
 }
 
+// Browser apps on another origin (the SMART trend app) read from this server, as from a
+// public FHIR server; there is no credential here to protect.
+const CORS = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Expose-Headers': 'Location, ETag, Content-Location, Last-Modified',
+};
+const PREFLIGHT = {
+  ...CORS,
+  'Access-Control-Allow-Methods': 'GET, POST, PUT, DELETE, OPTIONS',
+  'Access-Control-Allow-Headers': 'Authorization, Content-Type, Accept, Prefer, If-None-Exist, If-Match',
+  'Access-Control-Max-Age': '600',
+};
+
 function send(res, status, body, extraHeaders = {}) {
   if (LACKS.has('html-errors') && status >= 400 && status < 500) {
     res.writeHead(status, { 'Content-Type': 'text/html; charset=utf-8' });
@@ -98,6 +113,7 @@ function send(res, status, body, extraHeaders = {}) {
   }
   const payload = body === undefined ? '' : JSON.stringify(body);
   res.writeHead(status, {
+    ...CORS,
     'Content-Type': FHIR_JSON,
     'Content-Length': Buffer.byteLength(payload),
     ...extraHeaders,
@@ -217,6 +233,11 @@ function createHandler(router, repo) {
     const origin = `http://${req.headers.host ?? HOST}`;
     const method = (req.method ?? 'GET').toUpperCase();
 
+    if (method === 'OPTIONS') {
+      res.writeHead(204, PREFLIGHT);
+      res.end();
+      return;
+    }
     if (url.pathname !== BASE_PATH && !url.pathname.startsWith(`${BASE_PATH}/`)) {
       send(res, 404, outcomeFor('not-found', `Not a FHIR path; the base is ${BASE_PATH}`));
       return;

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from fhir_leuko.cdshooks.cards import (
     INDICATOR,
     OVERRIDE_SYSTEM,
+    ROW_SYSTEM,
+    CardLinks,
     SelectedDrug,
     md,
     medication_check_response,
@@ -26,7 +28,8 @@ from fhir_leuko.service import evaluate
 from tests.builders import NOW, TEMP, WBC, at, bundle, cbc, med, obs, patient
 
 SERVICE = "leukopenia-patient-view"
-RULES = "https://rules.example.org/clinical-rules"
+BASE = "https://leuko.example.org"
+LINKS = CardLinks(BASE, {"4": "Row 4 — moderate neutropenia"})
 
 
 def assess(*items: Any) -> Assessment:
@@ -34,7 +37,7 @@ def assess(*items: Any) -> Assessment:
 
 
 def cards_for(*items: Any) -> dict[str, Any]:
-    response = patient_view_response(assess(*items), service_id=SERVICE, rules_url=RULES)
+    response = patient_view_response(assess(*items), service_id=SERVICE, links=LINKS)
     body = wire(response)
     assert_conformant(body)
     assert orjson.loads(wire_bytes(response)) == body  # what the endpoint sends
@@ -111,26 +114,64 @@ def test_optional_referral_is_offered_but_not_recommended() -> None:
     assert by_action["peripheral-smear"]["isRecommended"] is True
 
 
-def test_detail_shows_values_dates_grade_trend_and_sources() -> None:
+def test_detail_shows_values_grade_and_sources_and_leaves_the_trend_to_the_chart() -> None:
     body = cards_for(cbc(3.6, 1.4, when=at(30)), cbc(3.0, 1.1, when=at(14)), cbc(2.4, 0.8))
-    detail = body["cards"][0]["detail"]
-    assert "ANC: 0.8 x 10^9/L" in detail
-    assert "WBC: 2.4" in detail and "lower limit 4" in detail
+    card = body["cards"][0]
+    detail = card["detail"]
+    assert "ANC 0.8 ×10⁹/L (lower limit 1.5)" in detail
+    assert "WBC 2.4 ×10⁹/L (lower limit 4.0)"  # one number formatter: 4.0 everywhere in detail
     assert "**Neutropenia grade:** moderate" in detail
-    assert "**Trend**" in detail and "| 3.6 |" in detail
-    assert "*[Gibson &amp; Berliner 2014" in detail or "*[CTCAE v5.0" in detail  # sources
-    assert "**Decision:** Decision row 4" in detail
-    assert f"]({RULES})" in detail
+    assert "| 3.6 |" not in detail  # the counts over time are the app's
+    assert "10^9" not in detail and "10*3" not in detail
+    # Every finding and the decision name their sources, in parentheses after the text.
+    section = detail.split("**Findings**\n", 1)[1].split("\n\n", 1)[0]
+    findings = section.splitlines()
+    assert len(findings) >= 2 and all(ln.endswith(")*") for ln in findings)
+    assert "**Decision:**" in detail
+    assert f"]({BASE}/rules#row-{card['source']['topic']['code']})" in detail
+    assert len(detail) < 2500
 
 
-def test_source_links_to_the_rules_and_names_the_problem() -> None:
-    card = cards_for(cbc(1.2, 0.4))["cards"][0]
-    assert card["source"]["url"] == RULES
+def test_source_names_and_links_the_row_that_decided() -> None:
+    a = assess(cbc(2.4, 0.8))
+    card = cards_for(cbc(2.4, 0.8))["cards"][0]
+    row = str(a.row)
+    assert card["source"]["url"] == f"{BASE}/rules#row-{row}"
     assert card["source"]["topic"] == {
-        "system": codes.FINDING_SYSTEM,
-        "code": "neutropenia-severe",
-        "display": "Severe neutropenia",
+        "system": ROW_SYSTEM,
+        "code": row,
+        "display": LINKS.row_title(row),
     }
+    assert LINKS.row_title(row) in card["source"]["label"]
+
+
+def test_every_card_links_the_trend_app_as_a_smart_app() -> None:
+    body = cards_for(cbc(2.0, 1.2), med("Clozapine 100 MG Oral Tablet", "2626"))
+    assert len(body["cards"]) == 2
+    for card in body["cards"]:
+        assert card["links"] == [
+            {
+                "label": "CBC trend and assessment (fhir-leuko)",
+                "url": f"{BASE}/app/",
+                "type": "smart",
+            }
+        ]
+
+
+def test_known_references_are_linked_to_the_rules_page() -> None:
+    from fhir_leuko.cdshooks.cards import cite
+
+    rendered = cite("IDSA 2010; a note of ours", f"{BASE}/rules")
+    assert rendered == f"[IDSA 2010]({BASE}/rules#ref-idsa-2010); a note of ours"
+
+
+def test_no_order_window_starts_in_the_past() -> None:
+    # The index CBC is 5 days old: windows counted from it would start before now.
+    body = cards_for(cbc(3.0, 1.2, when=at(5)))
+    detail = body["cards"][0]["detail"]
+    dates = re.findall(r"(\d{4}-\d{2}-\d{2}) to \d{4}-\d{2}-\d{2}", detail)
+    assert dates, detail
+    assert all(d >= NOW.date().isoformat() for d in dates)
 
 
 def test_override_reasons_are_full_codings() -> None:
@@ -144,7 +185,7 @@ def test_a_drug_that_lowers_white_cells_is_its_own_card_after_the_main_one() -> 
     main, drug = body["cards"]
     assert main["indicator"] in ("warning", "critical")
     assert drug["summary"].startswith("Review clozapine")
-    assert drug["source"]["topic"]["code"] == "high-risk-medication"
+    assert drug["source"]["topic"]["code"] == main["source"]["topic"]["code"]  # the row
     assert "MedicationRequest/" in drug["detail"]
     assert "clozapine" in main["detail"]  # the main card names it too
 
@@ -258,10 +299,12 @@ METHOTREXATE = SelectedDrug(
 
 
 def check(*items: Any) -> dict[str, Any]:
-    a = evaluate(bundle(patient(), *items, med("Methotrexate 15 MG Oral Tablet")), now=NOW)
+    # As the router does: the selected draft order is counted as active, under its own id.
+    signed = {**med("Methotrexate 15 MG Oral Tablet"), "id": "request-123"}
+    a = evaluate(bundle(patient(), *items, signed), now=NOW)
     body = wire(
         medication_check_response(
-            a, [METHOTREXATE], service_id="leukopenia-medication-check", rules_url=RULES
+            a, [METHOTREXATE], service_id="leukopenia-medication-check", links=LINKS
         )
     )
     assert_conformant(body)
@@ -272,6 +315,8 @@ def test_high_risk_drug_with_neutropenia_warns_with_the_counts() -> None:
     [card] = check(cbc(3.1, 1.2))["cards"]
     assert card["summary"].startswith("Methotrexate with mild neutropenia (ANC 1.2, WBC 3.1")
     assert card["indicator"] == "warning"
+    assert "The order being signed, **methotrexate**" in card["detail"]
+    assert "ctive medication" not in card["detail"]
     [remove] = card["suggestions"]
     assert remove["actions"] == [
         {
