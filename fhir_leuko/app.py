@@ -1,16 +1,18 @@
 """The FastAPI application: routers, error shapes, body limit, CORS, health, metrics.
 
-``create_app(settings)`` serves every router in :data:`ROUTER_BUILDERS`. To serve another
-part of fhir-leuko (for example the Subscription notification endpoints), add its
+``create_app(settings)`` serves every router in :data:`ROUTER_BUILDERS` (the CDS Hooks
+services and the Subscription notification endpoints). Another part is served by adding its
 ``build_router(settings) -> APIRouter`` to that tuple; a router that opens resources
 (databases, HTTP clients) closes them in its own ``lifespan``, which FastAPI runs with the
 app's.
 
-Errors: every ``fhir_leuko.errors.LeukoError`` and every HTTP error becomes an
-OperationOutcome here and nowhere else (CDS Hooks 3.0 makes that a SHOULD; 2.0 allows any
-body). The status is the exception's ``http_status`` when it declares one, else the type's
-default below. A bad JWT gets a bare 401 with no detail (cds-hooks.org best practices); the
-reason is logged, never the token. Nothing logged here contains a request body or header.
+Errors: every ``fhir_leuko.errors.LeukoError`` and every HTTP error raised by a route becomes
+an OperationOutcome here (CDS Hooks 3.0 makes that a SHOULD; 2.0 allows any body); its body
+is built by ``fhir_leuko.outcomes``, which the notification endpoints use for their own
+``application/fhir+json`` answers. The status is the exception's ``http_status`` when it
+declares one, else the type's default below. A bad JWT gets a bare 401 with no detail
+(cds-hooks.org best practices); the reason is logged, never the token. Nothing logged here
+contains a request body or header.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from fhir_leuko.cdshooks import router as cdshooks_router
 from fhir_leuko.cdshooks.services import SERVICES
 from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, FhirServerError, InputError, LeukoError
+from fhir_leuko.outcomes import BEARER_CHALLENGE, outcome_response
 from fhir_leuko.subscriptions import router as subscriptions_router
 from fhir_leuko.web import site
 
@@ -48,8 +51,7 @@ logger = logging.getLogger("fhir_leuko.app")
 
 RouterBuilder = Callable[[Settings], Any]  # -> fastapi.APIRouter
 
-#: The routers this app serves, in order. Add e.g.
-#: ``fhir_leuko.subscriptions.router.build_router`` here to serve notifications too.
+#: The routers this app serves, in order.
 ROUTER_BUILDERS: tuple[RouterBuilder, ...] = (
     cdshooks_router.build_router,
     subscriptions_router.build_router,
@@ -89,19 +91,6 @@ class RequestTimeout(InputError):
     http_status = 408
 
 
-def outcome_response(
-    status: int, code: str, text: str | None, headers: Mapping[str, str] | None = None
-) -> Response:
-    """An OperationOutcome error response: the one error shape of this app."""
-    issue: dict[str, str] = {"severity": "error", "code": code}
-    if text:
-        issue["diagnostics"] = text
-    body = {"resourceType": "OperationOutcome", "issue": [issue]}
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
-
-
 async def _leuko_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LeukoError)
     status, code = next((s, c) for t, s, c in _DEFAULTS if isinstance(exc, t))
@@ -111,9 +100,7 @@ async def _leuko_error(request: Request, exc: Exception) -> Response:
         metrics.JWT_REJECTIONS.labels(reason=metrics.jwt_rejection_reason(str(exc))).inc()
         # The reason names the failed check and quoted iss/jti, never the token.
         logger.warning("401 on %s %s: %s", request.method, route_template(request.scope), exc)
-        return outcome_response(
-            401, "login", "Authentication failed", headers={"WWW-Authenticate": "Bearer"}
-        )
+        return outcome_response(401, "login", "Authentication failed", headers=BEARER_CHALLENGE)
     if isinstance(exc, FhirServerError):
         metrics.fhir_error(getattr(exc, "status", None), "cds")
     if status >= 500:

@@ -353,7 +353,7 @@ def _fhir_client(base: str, token: str | None, timeout: float = 30.0) -> FhirCli
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from fhir_leuko.subscriptions.worker import fetch_patient_data, write_back
+    from fhir_leuko.fhirio.server import fetch_patient_data, write_back
 
     settings = load_settings(args.config)
     now = args.now or datetime.now(UTC)
@@ -423,7 +423,7 @@ def _subscribe(args: argparse.Namespace) -> int:
 def _check_server(args: argparse.Namespace) -> int:
     from fhir_leuko import checkserver
     from fhir_leuko.config import SubscriptionEndpoint
-    from fhir_leuko.subscriptions.worker import _auth
+    from fhir_leuko.fhirio.server import endpoint_auth as _auth
 
     settings = load_settings(args.config)
     endpoint = SubscriptionEndpoint(

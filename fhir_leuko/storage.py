@@ -26,11 +26,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from fhir_leuko.errors import LeukoError
 
@@ -38,6 +39,7 @@ __all__ = [
     "Database",
     "Migrations",
     "StorageError",
+    "Store",
     "Tx",
     "is_database_url",
     "open_database",
@@ -334,3 +336,60 @@ def _migrate(
 
 #: Either backend; the stores use only what both offer.
 Database = SqliteDatabase | PostgresDatabase
+
+
+class Store:
+    """A component's tables (the queue, feedback, the replay cache) in a database the store
+    opens (a file path or a PostgreSQL URL) or shares (an open `Database`).
+
+    A subclass names its ``component`` and ``migrations`` (and may change ``pool_size`` and
+    ``sqlite_pragmas``). The tables are migrated on opening; ``close`` closes only a database
+    the store opened. A database locked or down past ``busy_timeout_s`` raises
+    `StorageError`.
+    """
+
+    component: ClassVar[str]
+    migrations: ClassVar[Migrations]
+    pool_size: ClassVar[int] = 4
+    sqlite_pragmas: ClassVar[Sequence[str]] = ()
+
+    def __init__(
+        self,
+        target: str | PathLike[str] | Database,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 5.0,
+        pool_size: int | None = None,
+    ) -> None:
+        self._clock = clock
+        if isinstance(target, str | PathLike):
+            self.database: Database = open_database(
+                target,
+                busy_timeout_s=busy_timeout_s,
+                pool_size=pool_size or self.pool_size,
+                sqlite_pragmas=self.sqlite_pragmas,
+            )
+            self._owns_database = True
+        else:
+            self.database = target
+            self._owns_database = False
+        try:
+            self.database.migrate(self.component, self.migrations)
+        except BaseException:
+            self.close()
+            raise
+
+    def ping(self) -> None:
+        """Raise `StorageError` unless the database answers."""
+        self.database.ping()
+
+    def close(self) -> None:
+        """Close the database if the store opened it; the store cannot be used afterwards."""
+        if self._owns_database:
+            self.database.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -24,7 +24,7 @@ import jwt
 import orjson
 
 from fhir_leuko.errors import AuthError, ConfigError
-from fhir_leuko.storage import Database, Migrations, open_database
+from fhir_leuko.storage import Migrations, Store
 
 JwkDict = dict[str, Any]
 
@@ -70,15 +70,14 @@ class JwtPolicy:
 
     ``max_lifetime_s`` is our own cap on ``exp - iat``: the spec sets none, the best
     practices say well-behaved clients stay within an hour, Epic's example uses 900 s
-    and the sandbox 300 s. ``tenants``, when set, requires an allowlisted ``tenant``
-    claim.
+    and the sandbox 300 s. Which tenants an issuer may name is checked by the CDS Hooks
+    router, per issuer (``[issuers.*] tenants``).
     """
 
     issuers: Mapping[str, IssuerTrust]
     algorithms: frozenset[str] = RECOMMENDED_ALGORITHMS
     max_lifetime_s: int = 3600
     clock_skew_s: int = 60
-    tenants: frozenset[str] | None = None
     jwks_ttl_s: float = 3600.0
     jwks_min_refetch_s: float = 60.0
     jwks_timeout_s: float = 2.0
@@ -143,7 +142,7 @@ _REPLAY_POSTGRES = (
 REPLAY_MIGRATIONS: Migrations = {"sqlite": (_REPLAY_SQLITE,), "postgresql": (_REPLAY_POSTGRES,)}
 
 
-class DatabaseReplayCache:
+class DatabaseReplayCache(Store):
     """Replay cache shared by every server process (``serve --workers N``) and, on
     PostgreSQL (``service.database_url``), by every replica on every host.
 
@@ -154,27 +153,8 @@ class DatabaseReplayCache:
     (503: the token was not judged), never a verdict on the token.
     """
 
-    def __init__(
-        self,
-        target: str | Database,
-        *,
-        clock: Callable[[], float] = time.time,
-        busy_timeout_s: float = 5.0,
-    ) -> None:
-        self._clock = clock
-        if isinstance(target, str):
-            self.database: Database = open_database(
-                target, busy_timeout_s=busy_timeout_s, pool_size=4
-            )
-            self._owns_database = True
-        else:
-            self.database = target
-            self._owns_database = False
-        try:
-            self.database.migrate("replay", REPLAY_MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+    component = "replay"
+    migrations = REPLAY_MIGRATIONS
 
     async def remember(self, key: str, until: float) -> bool:
         """Remember ``key`` until ``until``; False if any process already remembered it."""
@@ -190,14 +170,6 @@ class DatabaseReplayCache:
                 (key, until),
             )
             return bool(cur.rowcount == 1)
-
-    def ping(self) -> None:
-        """Raise `StorageError` unless the database answers."""
-        self.database.ping()
-
-    def close(self) -> None:
-        if self._owns_database:
-            self.database.close()
 
 
 #: The name from before PostgreSQL; a file path still opens SQLite.
@@ -484,10 +456,6 @@ class JwtVerifier:
         tenant = payload.get("tenant")
         if tenant is not None and not isinstance(tenant, str):
             raise AuthError("the JWT tenant claim is not a string")
-        if policy.tenants is not None and tenant is None:
-            raise AuthError("the JWT has no tenant claim")
-        if policy.tenants is not None and tenant not in policy.tenants:
-            raise AuthError(f"tenant {_quote(tenant)} is not on the allowlist")
 
         return Claims(
             iss=payload["iss"],

@@ -14,18 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from types import TracebackType
 from typing import Literal, TypedDict, cast
 
 import orjson
 
 from fhir_leuko.errors import InputError
-from fhir_leuko.storage import Database, Migrations, open_database
+from fhir_leuko.storage import Migrations, Store
 
 Outcome = Literal["accepted", "overridden"]
 OUTCOMES: tuple[Outcome, ...] = ("accepted", "overridden")
@@ -255,7 +252,7 @@ _POSTGRES_SCHEMA = (
 MIGRATIONS: Migrations = {"sqlite": (_SQLITE_SCHEMA,), "postgresql": (_POSTGRES_SCHEMA,)}
 
 
-class FeedbackStore:
+class FeedbackStore(Store):
     """Feedback in a SQLite file or the shared PostgreSQL database; safe to share between
     threads.
 
@@ -264,47 +261,9 @@ class FeedbackStore:
     down past ``busy_timeout_s`` raises `StorageError`.
     """
 
-    def __init__(
-        self,
-        target: str | Path | Database,
-        *,
-        clock: Callable[[], float] = time.time,
-        busy_timeout_s: float = 5.0,
-    ) -> None:
-        self._clock = clock
-        if isinstance(target, str | Path):
-            self.database: Database = open_database(
-                target, busy_timeout_s=busy_timeout_s, pool_size=2
-            )
-            self._owns_database = True
-        else:
-            self.database = target
-            self._owns_database = False
-        try:
-            self.database.migrate("feedback", MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Close the database; the store cannot be used afterwards."""
-        if self._owns_database:
-            self.database.close()
-
-    def __enter__(self) -> FeedbackStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def ping(self) -> None:
-        """Raise `StorageError` unless the database answers."""
-        self.database.ping()
+    component = "feedback"
+    migrations = MIGRATIONS
+    pool_size = 2
 
     def record(self, service_id: str, items: Iterable[Feedback]) -> int:
         """Store feedback for ``service_id``; return how many entries were new.

@@ -1,10 +1,11 @@
 """CDS Hooks 2.0 HTTP endpoints: discovery, service calls and feedback.
 
-Each call: JWT first (so an unauthenticated caller costs us no parsing), then the body, the
-request envelope and the hook's context, then prefetch-or-fetch, the one evaluation
-(``fhir_leuko.service.evaluate``) and the cards. Errors are raised as ``fhir_leuko.errors``
-types carrying an ``http_status`` where it is not the type's default; ``fhir_leuko.app``
-turns every one of them into an OperationOutcome in one place.
+Each call: JWT first (so an unauthenticated caller costs us no parsing), then the body and the
+request envelope, then the service's handler (``cdshooks.handlers``): the hook's context,
+prefetch-or-fetch, the one evaluation (``fhir_leuko.service.evaluate``) and the cards.
+Errors are raised as ``fhir_leuko.errors`` types carrying an ``http_status`` where it is not
+the type's default; ``fhir_leuko.app`` turns every one of them into an OperationOutcome in
+one place.
 
 Bodies are read raw and parsed with orjson rather than through FastAPI's body models:
 a 1,200-Observation prefetch must not pay for a second, deep validation, and our own
@@ -18,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -36,21 +37,15 @@ from fhir_leuko.cdshooks.auth import (
     JwtPolicy,
     JwtVerifier,
 )
-from fhir_leuko.cdshooks.cards import (
-    CardLinks,
-    SelectedDrug,
-    medication_check_response,
-    patient_view_response,
-)
+from fhir_leuko.cdshooks.cards import CardLinks
 from fhir_leuko.cdshooks.feedback import Feedback, FeedbackStore, parse_feedback
 from fhir_leuko.cdshooks.fetch import FetchPolicy, Gathered, gather
-from fhir_leuko.cdshooks.services import MEDICATION_CHECK, PATIENT_VIEW, SERVICES, discovery
+from fhir_leuko.cdshooks.handlers import REGISTRY, HookCall
+from fhir_leuko.cdshooks.services import discovery
 from fhir_leuko.config import Settings
 from fhir_leuko.errors import AuthError, ConfigError, InputError
 from fhir_leuko.fhirio.client import AsyncFhirClient
-from fhir_leuko.fhirio.ingest import match_medication
 from fhir_leuko.metrics import CheckedRouter
-from fhir_leuko.service import evaluate
 from fhir_leuko.web.rules import rules_page
 from fhir_leuko.web.site import public_base
 
@@ -60,7 +55,7 @@ logger = logging.getLogger(__name__)
 SERVICES_PATH = "/cds-services"
 _JSON_TYPES = ("application/json", "application/fhir+json")
 #: The path parameter, documented with the ids we serve (any other id answers 404).
-ServiceId = Annotated[str, Path(json_schema_extra={"enum": list(SERVICES)})]
+ServiceId = Annotated[str, Path(json_schema_extra={"enum": list(REGISTRY)})]
 
 
 class UnknownService(InputError):
@@ -202,58 +197,6 @@ async def _json_body(request: Request) -> Any:
     return doc
 
 
-def _selected_drugs(ctx: m.OrderSelectContext) -> tuple[list[SelectedDrug], list[JSON]]:
-    """Selected draft orders for drugs that lower white cells, and copies counted as active.
-
-    The copies let the one evaluation weigh the drug as if it were already taken (decision
-    rows 4 and 7 look at high-risk medications): no rule is restated here.
-    """
-    by_ref = {
-        f"{r.get('resourceType')}/{r.get('id')}": r
-        for e in ctx.draftOrders.entry
-        if isinstance(r := e.get("resource"), dict)
-    }
-    drugs: list[SelectedDrug] = []
-    active: list[JSON] = []
-    for ref in ctx.selections:
-        order = by_ref[ref]
-        if order.get("resourceType") not in ("MedicationRequest", "MedicationOrder"):
-            continue
-        concept = _medication_concept(order)
-        match = match_medication(concept) if concept else None
-        if match is None:
-            continue
-        drugs.append(SelectedDrug(ref, *match))
-        active.append(
-            {
-                "resourceType": "MedicationRequest",
-                "id": order.get("id"),
-                "status": "active",
-                "intent": "order",
-                "subject": {"reference": f"Patient/{ctx.patientId}"},
-                "medicationCodeableConcept": concept,
-            }
-        )
-    return drugs, active
-
-
-def _medication_concept(order: JSON) -> JSON | None:
-    concept = order.get("medicationCodeableConcept")
-    if isinstance(concept, dict):
-        return concept
-    ref = order.get("medicationReference")
-    if not isinstance(ref, dict):
-        return None
-    target = ref.get("reference")
-    if isinstance(target, str) and target.startswith("#"):
-        for contained in order.get("contained") or ():
-            if isinstance(contained, dict) and contained.get("id") == target[1:]:
-                code = contained.get("code")
-                return code if isinstance(code, dict) else None
-    display = ref.get("display")
-    return {"text": display} if isinstance(display, str) else None
-
-
 def _json_response(body: JSON | bytes) -> Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     return Response(content=content, media_type="application/json")
@@ -264,11 +207,6 @@ def _hook_request(doc: Any, service_id: str, hook: str) -> m.HookRequest:
     if req.hook != hook:
         raise InputError(f"service {service_id} answers the {hook} hook, not {req.hook!r:.60}")
     return req
-
-
-def _with_gaps(a: Any, gathered: Gathered) -> Any:
-    """The assessment with the data we could not get listed among its data issues."""
-    return replace(a, issues=a.issues + tuple(gathered.issues)) if gathered.issues else a
 
 
 # --- Router --------------------------------------------------------------------------------------
@@ -361,48 +299,35 @@ def build_router(settings: Settings) -> APIRouter:
         """Cards for one hook invocation."""
         started = time.perf_counter()
         claims = await state.authenticate(request, f"{SERVICES_PATH}/{service_id}")
-        service = SERVICES.get(service_id)
+        service = REGISTRY.get(service_id)
         if service is None:
             raise UnknownService(f"no CDS service {service_id!r:.80}")
         doc = await _json_body(request)
-        req = _hook_request(doc, service_id, service.hook)
+        req = _hook_request(doc, service_id, service.definition.hook)
         now = utc_now()
-        if service is PATIENT_VIEW:
-            pv = m.parse_model(m.PatientViewContext, req.context, prefix="context")
-            _check_token_patient(req, pv.patientId)
-            gathered = await _gather(state, service_id, req, pv.patientId, now)
-            a = evaluate(
-                gathered.resources,
+
+        async def gather_for(patient_id: str) -> Gathered:
+            return await gather(
+                service.definition,
+                patient_id=patient_id,
+                prefetch=req.prefetch,
+                fhir_server=req.fhirServer,
+                token=req.bearer_token,
+                policy=state.policy,
+                now=now,
+                client_factory=state.fhir_client,
+            )
+
+        response = await service.handle(
+            HookCall(
+                definition=service.definition,
+                request=req,
                 now=now,
                 thresholds=settings.thresholds,
-                patient_id=pv.patientId,
-                fhir_base=req.fhirServer,
+                links=state.card_links(request),
+                gather=gather_for,
             )
-            response = patient_view_response(
-                _with_gaps(a, gathered), service_id=service_id, links=state.card_links(request)
-            )
-        else:
-            assert service is MEDICATION_CHECK
-            os_ctx = m.parse_model(m.OrderSelectContext, req.context, prefix="context")
-            _check_token_patient(req, os_ctx.patientId)
-            drugs, active = _selected_drugs(os_ctx)
-            if not drugs:
-                response = m.CdsResponse(cards=[])
-            else:
-                gathered = await _gather(state, service_id, req, os_ctx.patientId, now)
-                a = evaluate(
-                    gathered.resources + active,
-                    now=now,
-                    thresholds=settings.thresholds,
-                    patient_id=os_ctx.patientId,
-                    fhir_base=req.fhirServer,
-                )
-                response = medication_check_response(
-                    _with_gaps(a, gathered),
-                    drugs,
-                    service_id=service_id,
-                    links=state.card_links(request),
-                )
+        )
         # Identifiers of the call only: no patient data, no token (best practices).
         logger.info(
             "cds %s hookInstance=%.64s iss=%s jti=%.64s cards=%d in %.1f ms",
@@ -425,7 +350,7 @@ def build_router(settings: Settings) -> APIRouter:
     async def feedback(service_id: ServiceId, request: Request) -> Response:
         """Store accepted / overridden outcomes for audit; resending is harmless."""
         await state.authenticate(request, f"{SERVICES_PATH}/{service_id}/feedback")
-        if service_id not in SERVICES:
+        if service_id not in REGISTRY:
             raise UnknownService(f"no CDS service {service_id!r:.80}")
         items = parse_feedback(await _json_body(request))
         # In a worker thread: a locked file or a slow database must not stall the event loop
@@ -451,24 +376,3 @@ def _body_schema(model_name: str) -> dict[str, Any]:
 
 #: Request models the OpenAPI document must carry under ``components/schemas``.
 REQUEST_MODELS = (m.HookRequest, m.PatientViewContext, m.OrderSelectContext, m.FeedbackRequest)
-
-
-def _check_token_patient(req: m.HookRequest, patient_id: str) -> None:
-    bound = req.fhirAuthorization.patient if req.fhirAuthorization else None
-    if bound is not None and bound != patient_id:
-        raise InputError("fhirAuthorization.patient is not the patient of context.patientId")
-
-
-async def _gather(
-    state: _State, service_id: str, req: m.HookRequest, patient_id: str, now: datetime
-) -> Gathered:
-    return await gather(
-        SERVICES[service_id],
-        patient_id=patient_id,
-        prefetch=req.prefetch,
-        fhir_server=req.fhirServer,
-        token=req.bearer_token,
-        policy=state.policy,
-        now=now,
-        client_factory=state.fhir_client,
-    )

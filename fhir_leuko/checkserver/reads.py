@@ -29,10 +29,17 @@ from fhir_leuko.checkserver.model import (
     Status,
     plural,
 )
-from fhir_leuko.errors import FhirServerError, LeukoError
+from fhir_leuko.errors import (
+    FhirForbidden,
+    FhirRateLimited,
+    FhirServerError,
+    FhirUnauthorized,
+    LeukoError,
+)
 from fhir_leuko.fhirio import codes, queries
 from fhir_leuko.fhirio.client import FhirClient, bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.refs import type_and_id
 
 _R4_PREFIX: Final = "4.0"
 _BACKPORT: Final = "http://hl7.org/fhir/uv/subscriptions-backport"
@@ -246,7 +253,9 @@ class Checker:
             self.client.search("Patient", {"_count": 1}, limit=1, max_pages=1)
         status = p.error.status if p.error else None
         unreachable = status is None and not isinstance(p.error, NotServer)
-        if p.error is not None and (status in (401, 403) or unreachable):
+        if p.error is not None and (
+            isinstance(p.error, FhirUnauthorized | FhirForbidden) or unreachable
+        ):
             self.no_access = f"no access to data: {describe(p)}"
             self.error_verdict("access", title, p)
             return
@@ -809,7 +818,7 @@ def describe(p: Probe) -> str:
     assert p.error is not None
     message = str(p.error)
     limited = p.rate_limited
-    if limited and p.error.status == 429:
+    if limited and isinstance(p.error, FhirRateLimited):
         after = limited[-1].retry_after
         message = (
             f"rate limited: HTTP 429{f' with Retry-After {after} s' if after else ''}; {message}"
@@ -836,8 +845,8 @@ def _ref_id(ref: object, rtype: str) -> str | None:
     raw = ref.get("reference") if isinstance(ref, dict) else None
     if not isinstance(raw, str):
         return None
-    parts = raw.split("/_history/")[0].rstrip("/").split("/")
-    return parts[-1] if len(parts) >= 2 and parts[-2] == rtype else None
+    pair = type_and_id(raw)
+    return pair[1] if pair is not None and pair[0] == rtype else None
 
 
 def _subject_id(resource: Mapping[str, Any]) -> str | None:

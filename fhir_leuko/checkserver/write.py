@@ -21,12 +21,21 @@ from fhir_leuko.checkserver.model import (
     WARN,
 )
 from fhir_leuko.checkserver.reads import Checker, Probe, describe, has_code
-from fhir_leuko.errors import FhirServerError, InputError
+from fhir_leuko.errors import (
+    FatalFhirServerError,
+    FhirForbidden,
+    FhirNotFound,
+    FhirServerError,
+    FhirUnauthorized,
+    InputError,
+    TemporaryFhirServerError,
+)
 from fhir_leuko.fhirio import codes, emit
 from fhir_leuko.fhirio.client import bundle_resources
 from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.refs import type_and_id
+from fhir_leuko.fhirio.server import fetch_patient_data, write_back
 from fhir_leuko.service import evaluate
-from fhir_leuko.subscriptions.worker import fetch_patient_data, write_back
 
 _DEFAULT_NOW: Final = "2026-03-10T12:00:00Z"
 # Referenced before referring: the order single creates must follow without transactions.
@@ -138,15 +147,12 @@ class Writer:
             if self.transaction_works:
                 try:
                     sc.created = self._load_transaction(bodies, resources, urns)
-                except FhirServerError as err:
-                    # Refused as a request (405, 404, 400, 501...): try plain creates instead;
-                    # no access, rate limits and server errors are not about transactions.
-                    if (
-                        err.status is None
-                        or err.status in (401, 403, 429)
-                        or 500 <= err.status != 501
-                    ):
-                        raise
+                except (FhirUnauthorized, FhirForbidden, TemporaryFhirServerError):
+                    # No access, rate limits, server errors and no answer are not about
+                    # transactions.
+                    raise
+                except FatalFhirServerError:
+                    # Refused as a request (405, 404, 400, 501...): try plain creates instead.
                     self.transaction_works = False
             if not self.transaction_works:
                 sc.created = self._load_singly(bodies, resources, urns)
@@ -391,9 +397,10 @@ class Writer:
             for rtype, rid in targets:
                 try:
                     self.client.delete(rtype, rid)
+                except FhirNotFound:
+                    pass  # gone already
                 except FhirServerError as err:
-                    if err.status not in (404, 410):
-                        refused[f"{rtype} (HTTP {err.status or 'no answer'})"] += 1
+                    refused[f"{rtype} (HTTP {err.status or 'no answer'})"] += 1
             remaining = self._remaining(targets)
         self.c.report.remaining = [f"{n} {what}" for what, n in sorted(remaining.items())]
         if p.error is not None:
@@ -548,10 +555,8 @@ def _location(entry: Mapping[str, Any]) -> tuple[str, str] | None:
     """(type, id) of a transaction-response entry: from response.location, else the resource."""
     response = entry.get("response") or {}
     location = response.get("location") if isinstance(response, dict) else None
-    if isinstance(location, str) and location:
-        parts = location.split("/_history/")[0].rstrip("/").split("/")
-        if len(parts) >= 2:
-            return parts[-2], parts[-1]
+    if isinstance(location, str) and (pair := type_and_id(location)):
+        return pair
     resource = entry.get("resource")
     if isinstance(resource, dict) and resource.get("id"):
         return str(resource.get("resourceType")), str(resource["id"])

@@ -7,11 +7,12 @@ this long, hand this page to the caller) and receive the result. ``FhirClient`` 
 ``AsyncFhirClient`` only run those steps with httpx and a sleep function; they hold no policy.
 
 Errors follow ``fhir_leuko.errors``: callers decide by type. ``TemporaryFhirServerError`` means
-"try again later" (network, timeout, 408, 429, 5xx after our own retries);
-``FatalFhirServerError`` means retrying will not help (other 4xx, not FHIR JSON, a next link
-outside the base URL). Messages name the interaction (``GET Observation``) and the server's
-OperationOutcome text, never a query string, request body, resource or token: those carry PHI
-or secrets, and messages end up in logs.
+"try again later" (network, timeout, 408, 429, 5xx but 501, after our own retries);
+``FatalFhirServerError`` means retrying will not help (other 4xx, 501, not FHIR JSON, a next
+link outside the base URL). Subclasses name what the answer means (``FhirNotFound``,
+``FhirRateLimited``, ...), so no caller compares status codes. Messages name the interaction
+(``GET Observation``) and the server's OperationOutcome text, never a query string, request
+body, resource or token: those carry PHI or secrets, and messages end up in logs.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import email.utils
 import importlib.metadata
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Generic, TypeAlias, TypeVar, cast
+from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar, Unpack, cast
 
 import anyio
 import httpx
@@ -41,7 +41,9 @@ from fhir_leuko.errors import (
     FhirServerError,
     InputError,
     TemporaryFhirServerError,
+    fhir_error_for_status,
 )
+from fhir_leuko.fhirio.refs import ID_RE, TYPE_RE
 
 __all__ = [
     "AsyncFhirClient",
@@ -75,10 +77,6 @@ SearchParams: TypeAlias = (
 
 FHIR_JSON: Final = "application/fhir+json"
 _USER_AGENT: Final = f"fhir-leuko/{_package_version()}"
-# FHIR R4 datatypes: id is [A-Za-z0-9\-\.]{1,64}. Checking it keeps a caller-supplied id (from a
-# CDS Hooks context, say) from walking the URL path ("../", "?", "#").
-_ID_RE: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_TYPE_RE: Final = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _MAX_MESSAGE_DETAIL: Final = 300
 # Failures after which a request was certainly not applied, so even a plain POST may be resent.
 _NOT_APPLIED_STATUSES: Final = frozenset({408, 429, 503})
@@ -362,7 +360,7 @@ def _outcome_text(outcome: Mapping[str, Any]) -> str:
 def _error_for_status(
     status: int, reason: str, content: bytes, label: str
 ) -> TemporaryFhirServerError | FatalFhirServerError:
-    """The error for a non-2xx answer: Temporary for 408/429/5xx, Fatal otherwise."""
+    """The typed error for a non-2xx answer (``errors.fhir_error_for_status``)."""
     body = _loads_or_none(content)
     outcome = (
         cast(dict[str, object], body)
@@ -376,9 +374,7 @@ def _error_for_status(
         message += " (access forbidden: the token lacks a scope or right for this request)"
     if outcome is not None and (text := _outcome_text(outcome)):
         message += f": {text}"
-    if status in {408, 429} or status >= 500:
-        return TemporaryFhirServerError(message, status=status, outcome=outcome)
-    return FatalFhirServerError(message, status=status, outcome=outcome)
+    return fhir_error_for_status(status, message, outcome)
 
 
 def _network_problem(label: str, err: httpx.RequestError) -> TemporaryFhirServerError:
@@ -393,7 +389,9 @@ def _network_problem(label: str, err: httpx.RequestError) -> TemporaryFhirServer
 
 
 def _give_up(problem: FhirServerError, why: str) -> TemporaryFhirServerError:
-    return TemporaryFhirServerError(
+    """The last retryable problem, said to be final; its meaning (a rate limit) is kept."""
+    cls = type(problem) if isinstance(problem, TemporaryFhirServerError) else None
+    return (cls or TemporaryFhirServerError)(
         f"{problem} ({why})", status=problem.status, outcome=problem.outcome
     )
 
@@ -417,13 +415,15 @@ def _parse_fhir_json(reply: _Reply, label: str, expected_type: str | None = None
 
 
 def _check_type(resource_type: str) -> str:
-    if not isinstance(resource_type, str) or not _TYPE_RE.fullmatch(resource_type):
+    # Checking type and id (refs.TYPE_RE, refs.ID_RE) keeps a caller-supplied id (from a CDS
+    # Hooks context, say) from walking the URL path ("../", "?", "#").
+    if not isinstance(resource_type, str) or not TYPE_RE.fullmatch(resource_type):
         raise InputError("Not a FHIR resource type name")
     return resource_type
 
 
 def _check_id(resource_id: str) -> str:
-    if not isinstance(resource_id, str) or not _ID_RE.fullmatch(resource_id):
+    if not isinstance(resource_id, str) or not ID_RE.fullmatch(resource_id):
         raise InputError("Not a FHIR resource id (1-64 of A-Z a-z 0-9 - .)")
     return resource_id
 
@@ -454,9 +454,6 @@ def _under(url: httpx.URL, base: httpx.URL) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-
-
 def loggable(label: str) -> str:
     """A request label as a route: ``GET Patient/{id}`` for ``GET Patient/123``.
 
@@ -469,12 +466,12 @@ def loggable(label: str) -> str:
     after_type = False
     for segment in path.split("/"):
         keep = not after_type and (
-            _RESOURCE_TYPE.fullmatch(segment) is not None
+            TYPE_RE.fullmatch(segment) is not None
             or segment.startswith(("$", "_"))
             or segment in ("[base]", "metadata", "")
         )
         out.append(segment if keep or segment.startswith("$") else "{id}")
-        after_type = keep and _RESOURCE_TYPE.fullmatch(segment) is not None
+        after_type = keep and TYPE_RE.fullmatch(segment) is not None
     return f"{method} {'/'.join(out)}" if path else method
 
 
@@ -571,6 +568,24 @@ class _Call:
     idempotent: bool
     content: bytes | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class ClientOptions(TypedDict, total=False):
+    """What both clients take besides the base URL and their HTTP client: the defaults and
+    their meaning are :class:`_FhirClientCore`'s."""
+
+    auth: Auth
+    timeouts: FhirTimeouts | float | None
+    max_retries: int
+    backoff_base: float
+    max_backoff: float
+    max_retry_after: float
+    deadline: float | None
+    max_pages: int
+    max_resources: int
+    max_response_bytes: int
+    clock: Callable[[], float]
+    jitter: Callable[[], float]
 
 
 class _FhirClientCore:
@@ -711,10 +726,11 @@ class _FhirClientCore:
     def _exchange(self, call: _Call, budget: _Budget) -> _Flow[_Reply]:
         """Send one logical request under the retry policy; return its 2xx reply or raise.
 
-        Retried: network errors and timeouts, 408, 429, 5xx, each after exponential backoff or
-        the server's Retry-After. A request that is not idempotent (a plain POST) is resent only
-        when it surely was not applied (no connection made, 408, 429, 503): otherwise a retry
-        could create a resource twice, so the error goes to the caller as Temporary.
+        Retried: network errors and timeouts, 408, 429, 5xx but 501, each after exponential
+        backoff or the server's Retry-After. A request that is not idempotent (a plain POST) is
+        resent only when it surely was not applied (no connection made, 408, 429, 503):
+        otherwise a retry could create a resource twice, so the error goes to the caller as
+        Temporary.
         """
         retry = 0
         reauthorised = False
@@ -1048,37 +1064,12 @@ class FhirClient(_FhirClientCore):
         self,
         base_url: str,
         *,
-        auth: Auth = None,
-        timeouts: FhirTimeouts | float | None = None,
-        max_retries: int = 3,
-        backoff_base: float = 0.5,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 60.0,
-        deadline: float | None = None,
-        max_pages: int = 100,
-        max_resources: int = 10_000,
-        max_response_bytes: int = 64 * 1024 * 1024,
         client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        jitter: Callable[[], float] = random.random,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            base_url,
-            auth=auth,
-            timeouts=timeouts,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            max_backoff=max_backoff,
-            max_retry_after=max_retry_after,
-            deadline=deadline,
-            max_pages=max_pages,
-            max_resources=max_resources,
-            max_response_bytes=max_response_bytes,
-            clock=clock,
-            jitter=jitter,
-        )
+        super().__init__(base_url, **options)
         self._owns_http = client is None
         # follow_redirects stays off: a redirect could carry the token to another origin.
         self._http = client or httpx.Client(transport=transport, follow_redirects=False)
@@ -1201,37 +1192,12 @@ class AsyncFhirClient(_FhirClientCore):
         self,
         base_url: str,
         *,
-        auth: Auth = None,
-        timeouts: FhirTimeouts | float | None = None,
-        max_retries: int = 3,
-        backoff_base: float = 0.5,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 60.0,
-        deadline: float | None = None,
-        max_pages: int = 100,
-        max_resources: int = 10_000,
-        max_response_bytes: int = 64 * 1024 * 1024,
         client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        jitter: Callable[[], float] = random.random,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            base_url,
-            auth=auth,
-            timeouts=timeouts,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            max_backoff=max_backoff,
-            max_retry_after=max_retry_after,
-            deadline=deadline,
-            max_pages=max_pages,
-            max_resources=max_resources,
-            max_response_bytes=max_response_bytes,
-            clock=clock,
-            jitter=jitter,
-        )
+        super().__init__(base_url, **options)
         self._owns_http = client is None
         self._http = client or httpx.AsyncClient(transport=transport, follow_redirects=False)
         self._sleep = sleep

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ from fhir_leuko.clinical.model import (
 from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import InputError
 from fhir_leuko.fhirio import codes
+from fhir_leuko.fhirio.refs import label_of, relative, split_base, subject_reference
 from fhir_leuko.fhirio.units import Converter, UnitProblem, converter_for
 
 JSON = dict[str, Any]
@@ -614,45 +615,6 @@ def _pregnancy_status(kept: list[_Owned], results: list[Result]) -> list[Clinica
     return [ClinicalCondition("pregnancy", "pregnancy", ref, how, when)]
 
 
-@functools.lru_cache(maxsize=4096)
-def _rel(reference: str) -> str:
-    """'https://x/fhir/Observation/1/_history/2' -> 'Observation/1'."""
-    parts = [p for p in reference.split("/") if p]
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    return "/".join(parts[-2:]) if len(parts) >= 2 else reference
-
-
-@functools.lru_cache(maxsize=1024)
-def _split_ref(reference: str) -> tuple[str | None, str]:
-    """'https://x/fhir/Patient/1/_history/2' -> ('https://x/fhir', 'Patient/1');
-    'Patient/1' -> (None, 'Patient/1')."""
-    rel = _rel(reference)
-    if "://" not in reference:
-        return None, rel
-    cut = reference.find("/" + rel)
-    return (reference[:cut] if cut > 0 else ""), rel
-
-
-def _ref_of(res: JSON) -> str:
-    rid = res.get("id")
-    if isinstance(rid, str):
-        return f"{res['resourceType']}/{rid}"
-    return str(res.get("_fullUrl") or f"{res['resourceType']}/(no id)")
-
-
-def _subject_of(res: JSON) -> str | None:
-    """The subject (or patient) reference a resource names, as sent; None when none."""
-    subj = res.get("subject")
-    if subj is None:
-        subj = res.get("patient")
-    if isinstance(subj, dict):
-        ref = subj.get("reference")
-        if isinstance(ref, str) and ref:
-            return ref
-    return None
-
-
 def parse_time(value: Any) -> datetime | None:
     """FHIR date / dateTime / instant -> aware datetime (UTC when no zone is given)."""
     if not isinstance(value, str) or len(value) < 4:
@@ -676,13 +638,19 @@ def _parse_time_str(value: str) -> datetime | None:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-def _effective(res: JSON) -> datetime | None:
+def effective_time(res: Mapping[str, Any]) -> datetime | None:
+    """When a result was taken: ``effective[x]`` (a Period by its start, else its end)."""
     raw = res.get("effectiveDateTime") or res.get("effectiveInstant")
     if raw is None:
         period = res.get("effectivePeriod")
         if isinstance(period, dict):
             raw = period.get("start") or period.get("end")
     return parse_time(raw)
+
+
+def result_time(res: Mapping[str, Any]) -> datetime | None:
+    """When a result was taken, else when it was issued."""
+    return effective_time(res) or parse_time(res.get("issued"))
 
 
 def _parse_birth(value: Any, reader: _Reader) -> date | None:
@@ -789,7 +757,7 @@ class _Reader:
     def own(self, res: JSON, subject_of: JSON | None = None) -> None:
         """Make the subject of ``res`` (or of ``subject_of``) the owner of what is read next,
         and count ``res`` among that owner's resources."""
-        subject = _subject_of(res if subject_of is None else subject_of)
+        subject = subject_reference(res if subject_of is None else subject_of)
         if subject == self._last_subject:
             o = self._last_owned
         else:
@@ -813,7 +781,7 @@ class _Reader:
         """(server base or None for relative, patient id) of a subject reference; (.., None)
         when it does not name a Patient."""
         target = self.aliases.get(subject, subject)
-        base, rel = _split_ref(target)
+        base, rel = split_base(target)
         if not rel.startswith("Patient/") or rel.count("/") != 1:
             return base, None
         return base, rel[8:]
@@ -882,7 +850,7 @@ class _Reader:
         for o in kept:
             self.cur = o
             for obs in o.deferred:
-                self.guarded(self._untimed, obs, report_of.get(_ref_of(obs)))
+                self.guarded(self._untimed, obs, report_of.get(label_of(obs)))
             if o.results:
                 o.results = [
                     r
@@ -892,7 +860,7 @@ class _Reader:
                 ]
 
     def _untimed(self, obs: JSON, report: tuple[str, datetime | None] | None) -> None:
-        ref = _ref_of(obs)
+        ref = label_of(obs)
         if report is not None and report[1] is not None:
             self.issue(
                 "time-from-report",
@@ -1008,7 +976,7 @@ class _Reader:
         if owned:
             self.own(obs)
         if ref is None:
-            ref = _ref_of(obs)
+            ref = label_of(obs)
         status = obs.get("status")
         if status not in USED_STATUSES:
             if status in IGNORED_STATUSES:
@@ -1029,7 +997,7 @@ class _Reader:
                     sent=_sent_of(obs),
                 )
             return
-        own_time = _effective(obs)
+        own_time = effective_time(obs)
         if own_time is not None:
             when = own_time
         elif when is None:
@@ -1038,7 +1006,7 @@ class _Reader:
         draw_id = draw
         spec = obs.get("specimen")
         if isinstance(spec, dict) and isinstance(spec.get("reference"), str):
-            draw_id = _rel(spec["reference"])
+            draw_id = relative(spec["reference"])
         if analyte is not None:
             self._value(obs, analyte, loinc, ref, status, when, draw_id)
         if isinstance(components, list):
@@ -1282,7 +1250,7 @@ class _Reader:
                 ClinicalCondition(
                     "duffy-null",
                     "Duffy-null phenotype (Fy(a-b-))",
-                    ref or _ref_of(obs),
+                    ref or label_of(obs),
                     f"Observation '{_shown_raw(text)}'",
                 )
             )
@@ -1296,13 +1264,13 @@ class _Reader:
         value = " ".join(values[0].translate(_MINUS_SIGNS).lower().split())
         sign = "-" if value in _SIGN_NEGATIVE else "+" if value in _SIGN_POSITIVE else None
         if sign is not None:
-            when = _effective(obs) or parse_time(obs.get("issued"))
-            self.cur.antigens.append((when, antigens.pop(), sign, ref or _ref_of(obs)))
+            when = result_time(obs)
+            self.cur.antigens.append((when, antigens.pop(), sign, ref or label_of(obs)))
 
     def _pregnancy_observation(self, obs: JSON, ref: str | None) -> None:
         if obs.get("status") not in USED_STATUSES:
             return
-        when = _effective(obs) or parse_time(obs.get("issued"))
+        when = effective_time(obs) or parse_time(obs.get("issued"))
         vcc = obs.get("valueCodeableConcept")
         if when is None or not isinstance(vcc, dict):
             return
@@ -1311,7 +1279,7 @@ class _Reader:
             for c in vcc.get("coding") or ()
         )
         how = "Observation pregnancy status: " + (_texts(vcc) or ["pregnant"])[0]
-        self.cur.pregnancy.append((when, pregnant, ref or _ref_of(obs), _shown_raw(how)))
+        self.cur.pregnancy.append((when, pregnant, ref or label_of(obs), _shown_raw(how)))
 
     # --- DiagnosticReports ---------------------------------------------------------------------
 
@@ -1320,8 +1288,8 @@ class _Reader:
         self.own(res)
         if res.get("status") in BAD_REPORT_STATUSES:
             return
-        rid = _ref_of(res)
-        when = _effective(res)
+        rid = label_of(res)
+        when = effective_time(res)
         contained = {
             c.get("id"): c
             for c in res.get("contained") or ()
@@ -1339,7 +1307,7 @@ class _Reader:
                     self._contained(obs, res, rid, target, when)
                     self.cur = owner
                 continue
-            members.append(self.aliases.get(target) or _rel(target))
+            members.append(self.aliases.get(target) or relative(target))
         owner.reports.append((rid, when, members))
 
     def _contained(
@@ -1348,9 +1316,9 @@ class _Reader:
         """An Observation contained in its DiagnosticReport (the FHIR specification's CBC
         example): its subject is its own, else the report's; its time its own, else the
         report's."""
-        self.own(obs, None if _subject_of(obs) is not None else report)
+        self.own(obs, None if subject_reference(obs) is not None else report)
         ref = f"{rid}{target}"
-        if when is None and _effective(obs) is None:
+        if when is None and effective_time(obs) is None:
             if _analyte_of(obs) is None:
                 return  # not a result we read (a haematocrit, an MCH): nothing to say
             self.issue(
@@ -1373,28 +1341,9 @@ class _Reader:
         status = res.get("status")
         if status not in ACTIVE_MED_STATUSES:
             return
-        ref = _ref_of(res)
-        concept = res.get("medicationCodeableConcept")
-        if not isinstance(concept, dict):
-            mref = res.get("medicationReference")
-            target: JSON | None = None
-            if isinstance(mref, dict) and isinstance(mref.get("reference"), str):
-                r = mref["reference"]
-                if r.startswith("#"):
-                    target = next(
-                        (
-                            c
-                            for c in res.get("contained") or ()
-                            if isinstance(c, dict) and c.get("id") == r[1:]
-                        ),
-                        None,
-                    )
-                else:
-                    target = by_ref.get(self.aliases.get(r) or _rel(r))
-                if target is None and isinstance(mref.get("display"), str):
-                    target = {"code": {"text": mref["display"]}}
-            concept = (target or {}).get("code") if target else None
-        if not isinstance(concept, dict):
+        ref = label_of(res)
+        concept = medication_concept(res, lambda r: by_ref.get(self.aliases.get(r) or relative(r)))
+        if concept is None:
             # A drug we cannot see may be one that lowers white cells: say so.
             self.issue(
                 "unresolved-medication",
@@ -1420,7 +1369,7 @@ class _Reader:
         code = res.get("code")
         if not isinstance(code, dict):
             return
-        ref = _ref_of(res)
+        ref = label_of(res)
         onset = parse_time(
             res.get("onsetDateTime")
             or (res.get("onsetPeriod") or {}).get("start")
@@ -1501,7 +1450,7 @@ class _Reader:
         if not isinstance(codings, list):
             return
         priority = _PRIORITIES.get(res.get("priority") or "routine", Priority.ROUTINE)
-        ref = _ref_of(res)
+        ref = label_of(res)
         seen: set[Action] = set()
         for c in codings:
             if not isinstance(c, dict):
@@ -1599,6 +1548,40 @@ def _chemo_cycle(text: str) -> str | None:
     return _find_affirmed(_CYCLE_RE, text, past=True, future=True)
 
 
+def medication_concept(
+    order: Mapping[str, Any], resolve: Callable[[str], JSON | None] | None = None
+) -> JSON | None:
+    """The drug of a MedicationRequest/Statement as a CodeableConcept: its
+    ``medicationCodeableConcept``, else the code of the Medication it references (contained
+    ``#id``, or another resource through ``resolve``), else the reference's ``display`` as text.
+    """
+    concept = order.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return concept
+    mref = order.get("medicationReference")
+    if not isinstance(mref, dict):
+        return None
+    target: Any = None
+    r = mref.get("reference")
+    if isinstance(r, str):
+        if r.startswith("#"):
+            target = next(
+                (
+                    c
+                    for c in order.get("contained") or ()
+                    if isinstance(c, dict) and c.get("id") == r[1:]
+                ),
+                None,
+            )
+        elif resolve is not None:
+            target = resolve(r)
+    if target is None:
+        display = mref.get("display")
+        return {"text": display} if isinstance(display, str) else None
+    code = target.get("code") if isinstance(target, dict) else None
+    return code if isinstance(code, dict) else None
+
+
 def match_medication(concept: JSON) -> tuple[str, str] | None:
     """(ingredient name, how it matched) for a high-risk medication, else None."""
     m = match_medication_kind(concept)
@@ -1675,12 +1658,3 @@ def _number(raw: Any) -> float | None:
     else:
         return None
     return v if math.isfinite(v) else None
-
-
-def iter_observation_codes(resources: Iterable[JSON]) -> Iterator[str]:
-    """LOINC codes of the Observations given (used by tests and diagnostics)."""
-    for r in resources:
-        if r.get("resourceType") == "Observation":
-            for c in (r.get("code") or {}).get("coding") or ():
-                if c.get("system") == codes.LOINC:
-                    yield c.get("code", "")

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
 from fhir_leuko.fhirio import codes
-from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.ingest import result_time
 
 __all__ = [
     "CBC",
@@ -153,15 +153,6 @@ PATIENT_DATA: tuple[PatientQuery, ...] = (
 # --------------------------------------------------------------------------- time windows
 
 
-def _effective(resource: JSON) -> datetime | None:
-    when = resource.get("effectiveDateTime") or resource.get("effectiveInstant")
-    if when is None:
-        period = resource.get("effectivePeriod")
-        if isinstance(period, dict):
-            when = period.get("start") or period.get("end")
-    return parse_time(when) or parse_time(resource.get("issued"))
-
-
 def _date_prefix(value: object) -> str | None:
     """'YYYY-MM-DD' when a FHIR date/dateTime string starts with a well-formed date."""
     if (
@@ -197,7 +188,7 @@ def within_window(resources: Sequence[JSON], query: PatientQuery, now: datetime)
                 continue
             if day is not None and day < surely_out:
                 continue
-            when = _effective(r)
+            when = result_time(r)
             if when is not None and when < cutoff:
                 continue
         kept.append(r)

@@ -25,6 +25,18 @@ from typing import Any, Literal
 import orjson
 
 from fhir_leuko.errors import AuthError, ConfigError, InputError
+from fhir_leuko.fhirio.refs import (
+    ID_RE,
+    TYPE_RE,
+    key_of,
+    last_updated,
+    normalise_reference,
+    parse_reference,
+    patient_of,
+    reference_of,
+    subject_patient,
+    version_id,
+)
 
 __all__ = [
     "Event",
@@ -33,7 +45,6 @@ __all__ = [
     "Shape",
     "check_hmac",
     "check_secret",
-    "normalise_reference",
     "parse_notification",
     "parse_status_reply",
 ]
@@ -100,62 +111,17 @@ class Notification:
 
 # --------------------------------------------------------------------------- references
 
-# FHIR R4 id: 1-64 of [A-Za-z0-9-.]; resource type names are UpperCamelCase.
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-
-
-def normalise_reference(ref: str) -> tuple[str, str | None] | None:
-    """``(Type/id, version)`` from a relative, absolute or versioned reference, else ``None``.
-
-    Servers build references by string concatenation (HAPI) or send absolute URLs, so take the
-    last ``Type/id`` pair and treat a trailing ``_history/n`` as the version. ``urn:uuid:`` and
-    ``#contained`` references have no ``Type/id`` and give ``None``.
-    """
-    ref = ref.strip().split("?", 1)[0].split("#", 1)[0]
-    if not ref or ref.startswith(("urn:", "#")):
-        return None
-    parts = [p for p in ref.split("/") if p]
-    for i in range(len(parts) - 2, -1, -1):
-        rtype, rid = parts[i], parts[i + 1]
-        if _TYPE.fullmatch(rtype) and _ID.fullmatch(rid):
-            rest = parts[i + 2 :]
-            version = rest[1] if len(rest) >= 2 and rest[0] == "_history" else None
-            if version is not None and not _ID.fullmatch(version):
-                version = None
-            return f"{rtype}/{rid}", version
-    return None
-
-
-def _ref_of(value: object) -> str | None:
-    """The ``reference`` string of a Reference, if it has one."""
-    if isinstance(value, dict):
-        ref = value.get("reference")
-        if isinstance(ref, str):
-            return ref
-    return None
-
 
 def _subscription_id(value: object) -> str | None:
     """A Subscription id from a Reference: ``Subscription/x``, an absolute URL, or a bare id."""
-    ref = _ref_of(value)
+    ref = reference_of(value)
     if ref is None:
         return None
-    parsed = normalise_reference(ref)
+    parsed = parse_reference(ref)
     if parsed is not None:
-        return parsed[0].split("/", 1)[1]
+        return parsed.id
     ref = ref.strip()
-    return ref if _ID.fullmatch(ref) else None
-
-
-def _patient_of(refs: Iterable[object]) -> str | None:
-    """The first ``Patient/id`` among References (additional-context is unordered)."""
-    for value in refs:
-        ref = _ref_of(value)
-        parsed = normalise_reference(ref) if ref else None
-        if parsed and parsed[0].startswith("Patient/"):
-            return parsed[0]
-    return None
+    return ref if ID_RE.fullmatch(ref) else None
 
 
 # --------------------------------------------------------------------------- small readers
@@ -183,43 +149,17 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _version_of(resource: Mapping[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    return _str(meta.get("versionId")) if isinstance(meta, dict) else None
-
-
-def _last_updated(resource: Mapping[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    return _str(meta.get("lastUpdated")) if isinstance(meta, dict) else None
-
-
-def _resource_key(resource: Mapping[str, Any]) -> str | None:
-    rtype, rid = resource.get("resourceType"), resource.get("id")
-    if isinstance(rtype, str) and isinstance(rid, str) and _ID.fullmatch(rid):
-        return f"{rtype}/{rid}"
-    return None
-
-
-def _subject_patient(resource: Mapping[str, Any] | None) -> str | None:
-    """Patient of a resource: itself when it is one, else ``subject``/``patient`` if Patient."""
-    if resource is None:
-        return None
-    if resource.get("resourceType") == "Patient":
-        return _resource_key(resource)
-    return _patient_of([resource.get("subject"), resource.get("patient")])
-
-
 def _resource_event(
     resource: dict[str, Any], *, focus: str | None = None, version: str | None = None
 ) -> Event:
     """An event for a resource that arrived whole (classic R4 payload, Medplum, transaction)."""
     return Event(
         event_number=None,
-        timestamp=_last_updated(resource),
-        focus=focus or _resource_key(resource),
+        timestamp=last_updated(resource),
+        focus=focus or key_of(resource),
         resource=resource,
-        version_id=_version_of(resource) or version,
-        patient=_subject_patient(resource),
+        version_id=version_id(resource) or version,
+        patient=subject_patient(resource),
     )
 
 
@@ -307,7 +247,7 @@ def parse_notification(
         if h.get("x-medplum-interaction", "").strip().lower() == "delete":
             return _medplum_delete(h, medplum_sub)
         raise InputError("body has no resourceType")
-    if not isinstance(rtype, str) or not _TYPE.fullmatch(rtype):
+    if not isinstance(rtype, str) or not TYPE_RE.fullmatch(rtype):
         raise InputError("body resourceType is not a FHIR resource type")
     if rtype == "Bundle":
         return _bundle(doc, medplum_sub)
@@ -315,7 +255,7 @@ def parse_notification(
     medplum = medplum_sub is not None or "x-medplum-interaction" in h
     if medplum and h.get("x-medplum-interaction", "").strip().lower() == "delete":
         return _medplum_delete(h, medplum_sub)
-    if _resource_key(doc) is None:
+    if key_of(doc) is None:
         raise InputError(f"bare {rtype} resource has no valid id")
     shape: Shape = "medplum" if medplum else "bare-resource"
     return Notification("resource", shape, medplum_sub, None, None, (_resource_event(doc),))
@@ -362,7 +302,7 @@ def _hapi_payload(verb: str, suffix: str, h: Mapping[str, str], body: bytes) -> 
     doc = _load(body, h)
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
         raise InputError("PUT notification body is not a FHIR resource")
-    body_key = _resource_key(doc)
+    body_key = key_of(doc)
     if body_key is not None and body_key != focus:
         raise InputError("PUT path Type/id does not match the body's resourceType/id")
     if body_key is None and doc["resourceType"] != focus.split("/", 1)[0]:
@@ -423,12 +363,12 @@ def _transaction(doc: Mapping[str, Any], header_sub: str | None) -> Notification
         url = _str(request.get("url")) if request else None
         target = normalise_reference(url) if url else None
         if isinstance(res, dict):
-            if _resource_key(res) is None and target is None:
+            if key_of(res) is None and target is None:
                 raise InputError("transaction entry resource has neither id nor request.url")
             events.append(
                 _resource_event(
                     res,
-                    focus=_resource_key(res) or (target[0] if target else None),
+                    focus=key_of(res) or (target[0] if target else None),
                     version=target[1] if target else None,
                 )
             )
@@ -557,10 +497,10 @@ def _event_from_parts(parts: object) -> _RawEvent:
         elif name == "timestamp":
             timestamp = next((_str(part.get(k)) for k in _TIMESTAMP_KEYS if k in part), None)
         elif name == "focus":
-            focus = _ref_of(part.get("valueReference"))
+            focus = reference_of(part.get("valueReference"))
         elif name == "additional-context":
             context.append(part.get("valueReference"))
-    return _RawEvent(number, timestamp, focus, _patient_of(context))
+    return _RawEvent(number, timestamp, focus, patient_of(context))
 
 
 def _from_subscription_status(res: Mapping[str, Any]) -> _StatusFields:
@@ -577,8 +517,8 @@ def _from_subscription_status(res: Mapping[str, Any]) -> _StatusFields:
             _RawEvent(
                 event_number=_int(ev.get("eventNumber"), "eventNumber"),
                 timestamp=_str(ev.get("timestamp")),
-                focus_ref=_ref_of(ev.get("focus")),
-                context_patient=_patient_of(context if isinstance(context, list) else []),
+                focus_ref=reference_of(ev.get("focus")),
+                context_patient=patient_of(context if isinstance(context, list) else []),
             )
         )
     return _StatusFields(
@@ -610,7 +550,7 @@ class _EntryIndex:
     def _keys(entry: Mapping[str, Any]) -> list[str]:
         keys: list[str] = []
         res = entry.get("resource")
-        if isinstance(res, dict) and (k := _resource_key(res)):
+        if isinstance(res, dict) and (k := key_of(res)):
             keys.append(k)
         request = entry.get("request")
         response = entry.get("response")
@@ -654,13 +594,13 @@ def _resolve_event(raw: _RawEvent, index: _EntryIndex) -> Event:
     res = entry.get("resource") if entry else None
     resource = res if isinstance(res, dict) else None
     parsed = normalise_reference(raw.focus_ref)
-    focus = parsed[0] if parsed else (_resource_key(resource) if resource else None)
+    focus = parsed[0] if parsed else (key_of(resource) if resource else None)
     version = (
-        (_version_of(resource) if resource else None)
+        (version_id(resource) if resource else None)
         or (parsed[1] if parsed else None)
         or (index.entry_version(entry) if entry else None)
     )
-    patient = _subject_patient(resource) or raw.context_patient
+    patient = subject_patient(resource) or raw.context_patient
     if patient is None and focus is not None and focus.startswith("Patient/"):
         patient = focus
     return Event(raw.event_number, raw.timestamp, focus, resource, version, patient)

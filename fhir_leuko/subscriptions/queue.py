@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 import orjson
 
-from fhir_leuko.storage import Database, Migrations, Row, Tx, open_database
+from fhir_leuko.errors import ConfigError, InputError
+from fhir_leuko.storage import Database, Migrations, Row, Store, Tx
 
 __all__ = [
     "EVALUATE",
@@ -223,7 +224,7 @@ def _job(row: Row) -> Job:
     )
 
 
-class Queue:
+class Queue(Store):
     """A thread-safe, crash-safe job queue; several `Queue` objects (threads, processes,
     replicas on other hosts with PostgreSQL) may share one database.
 
@@ -233,6 +234,10 @@ class Queue:
     ``backoff_cap_s`` (deterministic, no jitter: claims are spread by the queue itself).
     After ``max_attempts`` claims the job is dead-lettered.
     """
+
+    component = "queue"
+    migrations = MIGRATIONS
+    sqlite_pragmas = ("synchronous=FULL",)
 
     def __init__(
         self,
@@ -246,48 +251,18 @@ class Queue:
         pool_size: int = 4,
     ) -> None:
         if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+            raise ConfigError("the queue's max_attempts must be at least 1")
         if backoff_base_s < 0 or backoff_cap_s < 0:
-            raise ValueError("backoff delays must not be negative")
-        self._clock = clock
+            raise ConfigError("the queue's backoff delays must not be negative")
         self._base = backoff_base_s
         self._cap = backoff_cap_s
         self.max_attempts = max_attempts
-        if isinstance(target, str | PathLike):
-            self.database: Database = open_database(
-                target,
-                busy_timeout_s=busy_timeout_s,
-                pool_size=pool_size,
-                sqlite_pragmas=("synchronous=FULL",),
-            )
-            self._owns_database = True
-        else:
-            self.database = target
-            self._owns_database = False
-        try:
-            self.database.migrate("queue", MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(target, clock=clock, busy_timeout_s=busy_timeout_s, pool_size=pool_size)
 
     # ------------------------------------------------------------------ plumbing
 
-    def close(self) -> None:
-        if self._owns_database:
-            self.database.close()
-
-    def __enter__(self) -> Queue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _tx(self) -> AbstractContextManager[Tx]:
         return self.database.transaction()
-
-    def ping(self) -> None:
-        """Raise `StorageError` unless the database answers."""
-        self.database.ping()
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
@@ -308,7 +283,7 @@ class Queue:
         notification (``sub:{id}:event:{n}``, ``res:Observation/{id}/_history/{v}``) is
         processed once."""
         if not kind or not dedupe_key:
-            raise ValueError("kind and dedupe_key must be non-empty")
+            raise InputError("a job needs a kind and a dedupe_key")
         t = self._now(now)
         with self._tx() as db:
             cur = db.execute(
@@ -328,7 +303,7 @@ class Queue:
         triggering reference) is appended to the waiting job's ``payload["reasons"]``.
         """
         if not patient_ref:
-            raise ValueError("patient_ref must be non-empty")
+            raise InputError("an evaluation job needs a patient_ref")
         t = self._now(now)
         with self._tx() as db:
             db.lock(f"patient:{patient_ref}")
@@ -388,7 +363,7 @@ class Queue:
         A job whose patient has another job running waits for it.
         """
         if lease_s <= 0:
-            raise ValueError("lease_s must be positive")
+            raise ConfigError("the worker lease (lease_s) must be positive")
         skipped: list[int] = []
         with self._tx() as db:
             for _ in range(_CLAIM_TRIES):

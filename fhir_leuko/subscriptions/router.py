@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import AuthError, ConfigError, InputError
 from fhir_leuko.metrics import NOTIFICATIONS, CheckedRouter, QueueCollector
+from fhir_leuko.outcomes import BEARER_CHALLENGE, FHIR_JSON_MEDIA, outcome_response
 from fhir_leuko.storage import StorageError
 from fhir_leuko.subscriptions.notifications import (
     Notification,
@@ -181,17 +181,9 @@ def accept(queue: Queue, name: str, n: Notification, *, now: float, gap_grace_s:
 
 
 def _outcome(status: int, code: str, text: str) -> Response:
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
-    }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(
-        orjson.dumps(body),
-        status_code=status,
-        media_type="application/fhir+json",
-        headers=headers,
-    )
+    """A FHIR endpoint's error: an OperationOutcome in ``application/fhir+json``."""
+    headers = BEARER_CHALLENGE if status == 401 else None
+    return outcome_response(status, code, text, headers, media_type=FHIR_JSON_MEDIA)
 
 
 class _TooLarge(Exception):

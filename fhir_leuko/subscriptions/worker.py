@@ -44,10 +44,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -57,20 +55,28 @@ from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.errors import (
     ConfigError,
     FatalFhirServerError,
+    FhirBadRequest,
+    FhirNotFound,
+    FhirNotSupported,
     InputError,
     TemporaryFhirServerError,
 )
 from fhir_leuko.fhirio import codes, emit, queries
 from fhir_leuko.fhirio.client import (
-    Auth,
     FhirClient,
     FhirTimeouts,
-    SmartBackendAuth,
     bundle_resources,
 )
 from fhir_leuko.fhirio.ingest import parse_time
+from fhir_leuko.fhirio.refs import (
+    last_updated,
+    normalise_reference,
+    parse_reference,
+    subject_patient,
+    version_id,
+)
+from fhir_leuko.fhirio.server import endpoint_auth, fetch_patient_data, write_back
 from fhir_leuko.service import evaluate
-from fhir_leuko.subscriptions.notifications import normalise_reference
 from fhir_leuko.subscriptions.queue import EVALUATE, Job, Queue
 
 __all__ = [
@@ -83,13 +89,10 @@ __all__ = [
     "enqueue_catch_up",
     "enqueue_change",
     "enqueue_gap",
-    "fetch_patient_data",
     "is_relevant",
     "open_queue",
     "patient_key",
     "subscription_key",
-    "transaction_for",
-    "write_back",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,10 +127,10 @@ def patient_key(endpoint: str, patient: str) -> str:
 
 def _split_patient_key(key: str) -> tuple[str, str]:
     endpoint, sep, patient = key.partition("|")
-    parsed = normalise_reference(patient) if sep else None
-    if not endpoint or parsed is None or not parsed[0].startswith("Patient/"):
+    parsed = parse_reference(patient) if sep else None
+    if not endpoint or parsed is None or parsed.type != "Patient":
         raise InputError("evaluation job has no endpoint|Patient/id key")
-    return endpoint, parsed[0].split("/", 1)[1]
+    return endpoint, parsed.id
 
 
 def is_relevant(resource: Mapping[str, Any]) -> bool:
@@ -147,30 +150,6 @@ def is_relevant(resource: Mapping[str, Any]) -> bool:
         ):
             return True
     return False
-
-
-def _subject(resource: Mapping[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
-        return f"Patient/{resource['id']}"
-    for field in ("subject", "patient"):
-        ref = resource.get(field)
-        raw = ref.get("reference") if isinstance(ref, dict) else None
-        parsed = normalise_reference(raw) if isinstance(raw, str) else None
-        if parsed is not None and parsed[0].startswith("Patient/"):
-            return parsed[0]
-    return None
-
-
-def _version(resource: Mapping[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    v = meta.get("versionId") if isinstance(meta, dict) else None
-    return v if isinstance(v, str) and v else None
-
-
-def _last_updated(resource: Mapping[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    v = meta.get("lastUpdated") if isinstance(meta, dict) else None
-    return v if isinstance(v, str) and v else None
 
 
 # --------------------------------------------------------------------------- enqueueing
@@ -260,142 +239,16 @@ def open_queue(settings: Settings, *, pool_size: int = 4) -> Queue:
     )
 
 
-# --------------------------------------------------------------------------- write-back
-
-
-def transaction_for(resources: list[JSON]) -> JSON:
-    """One transaction Bundle: a conditional create per resource, on its identifier.
-
-    ``ifNoneExist`` makes the second run of the same evaluation create nothing: the server
-    finds the resource by identifier and answers 200 instead of 201. References between the
-    entries use the ``urn:uuid`` fullUrls, which the server rewrites to the real ids (also to
-    an existing resource's id when its conditional create matched). Our ``id`` is dropped:
-    a create lets the server choose the id.
-    """
-    entries: list[JSON] = []
-    for resource in resources:
-        ident = resource["identifier"][0]
-        body = {k: v for k, v in resource.items() if k != "id"}
-        entries.append(
-            {
-                "fullUrl": f"urn:uuid:{resource['id']}",
-                "resource": body,
-                "request": {
-                    "method": "POST",
-                    "url": resource["resourceType"],
-                    "ifNoneExist": f"identifier={ident['system']}|{ident['value']}",
-                },
-            }
-        )
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
-def _created_count(response: Mapping[str, Any], expected: int) -> int:
-    """How many entries the server created; raises unless every entry succeeded."""
-    entries = response.get("entry") or []
-    if len(entries) != expected:
-        raise FatalFhirServerError(
-            f"transaction-response has {len(entries)} entries for {expected} requests"
-        )
-    created = 0
-    for entry in entries:
-        status = str(((entry or {}).get("response") or {}).get("status", "")).strip()
-        code = status.split(" ", 1)[0]
-        if code == "201":
-            created += 1
-        elif code != "200":
-            raise FatalFhirServerError(
-                f"transaction-response entry has status {code[:3] or 'none'}, not 200/201"
-            )
-    return created
-
-
-def write_back(client: FhirClient, resources: list[JSON]) -> int:
-    """Write resources in one idempotent transaction; how many were new (the rest existed)."""
-    response = client.transaction(transaction_for(resources))
-    return _created_count(response, len(resources))
-
-
-def fetch_patient_data(client: FhirClient, patient_id: str, now: datetime) -> list[JSON]:
-    """What one evaluation reads: every query of ``queries.PATIENT_DATA`` (the CDS prefetch),
-    paging a ``-date`` sorted search only until a whole page is outside its window.
-
-    The queries are independent, so they go to the server at once (one round trip of wait
-    instead of seven); the results keep the order of ``PATIENT_DATA``. The first failure is
-    raised, as when they ran one after the other.
-    """
-    return [
-        resource
-        for found in _reader_pool().map(
-            lambda query: _read_query(client, query, patient_id, now), queries.PATIENT_DATA
-        )
-        for resource in found
-    ]
-
-
-def _read_query(
-    client: FhirClient, query: queries.PatientQuery, patient_id: str, now: datetime
-) -> list[JSON]:
-    if query.returns == "Patient":
-        return [client.read("Patient", patient_id)]
-    data: list[JSON] = []
-    rtype, params = query.search(patient_id)
-    for page in client.search_bundle_pages(rtype, params):
-        found = bundle_resources(page)
-        kept = queries.within_window(found, query, now)
-        data.extend(kept)
-        if queries.past_window(found, kept, query):
-            break
-    return data
-
-
-_READERS: ThreadPoolExecutor | None = None
-_READERS_LOCK = threading.Lock()
-
-
-def _reader_pool() -> ThreadPoolExecutor:
-    """Threads for the concurrent reads of evaluations, shared by the process (sync clients
-    are thread-safe; a request's wait is I/O, so threads suffice)."""
-    global _READERS
-    with _READERS_LOCK:
-        if _READERS is None:
-            _READERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir-leuko-read")
-        return _READERS
-
-
 # --------------------------------------------------------------------------- clients
 
 ClientFactory = Callable[[str, SubscriptionEndpoint], FhirClient]
-
-
-def _auth(endpoint: SubscriptionEndpoint) -> Auth:
-    smart = (endpoint.smart_token_url, endpoint.smart_client_id, endpoint.smart_key_file)
-    if any(smart):
-        if not all((*smart, endpoint.smart_kid)):
-            raise ConfigError(
-                "SMART backend services needs smart_token_url, smart_client_id, "
-                "smart_key_file and smart_kid together"
-            )
-        try:
-            key = Path(endpoint.smart_key_file).read_bytes()
-        except OSError:
-            raise ConfigError("the SMART private key file cannot be read") from None
-        return SmartBackendAuth(
-            token_url=endpoint.smart_token_url,
-            client_id=endpoint.smart_client_id,
-            private_key=key,
-            kid=endpoint.smart_kid,
-            scope=endpoint.smart_scope,
-            algorithm=endpoint.smart_algorithm,
-        )
-    return endpoint.token
 
 
 def default_client_factory(name: str, endpoint: SubscriptionEndpoint) -> FhirClient:
     """A sync client per endpoint; few retries here, the queue's backoff does the long wait."""
     return FhirClient(
         endpoint.fhir_base,
-        auth=_auth(endpoint),
+        auth=endpoint_auth(endpoint),
         timeouts=FhirTimeouts(connect=5.0, read=30.0, write=30.0, pool=5.0, total=60.0),
         max_retries=2,
         max_retry_after=30.0,
@@ -592,8 +445,8 @@ class Worker:
                 resource = self._read_focus(client, focus)
                 if not is_relevant(resource):
                     raise _Finished("not a result we assess")
-                patient = _subject(resource)
-                version = _version(resource)
+                patient = subject_patient(resource)
+                version = version_id(resource)
                 if version and not job.dedupe_key.startswith("res:"):
                     # Known by event number or nothing until now: re-key by version, so the
                     # same result reached another way is not evaluated twice.
@@ -605,16 +458,13 @@ class Worker:
         return Outcome(job.id, job.kind, "done", note="evaluation requested")
 
     def _read_focus(self, client: FhirClient, focus: str) -> JSON:
-        parsed = normalise_reference(focus)
+        parsed = parse_reference(focus)
         if parsed is None:
             raise InputError("change job has no Type/id focus")
-        rtype, rid = parsed[0].split("/", 1)
         try:
-            return client.read(rtype, rid)
-        except FatalFhirServerError as err:
-            if err.status in (404, 410):
-                raise _Finished("resource deleted or gone before we read it") from None
-            raise
+            return client.read(parsed.type, parsed.id)
+        except FhirNotFound:
+            raise _Finished("resource deleted or gone before we read it") from None
 
     def _patient_of_deleted(self, client: FhirClient, focus: str) -> str | None:
         """A deleted result's patient, from the newest version its history still shows."""
@@ -623,12 +473,10 @@ class Worker:
             raise InputError("deletion job has no Type/id focus")
         try:
             history = client.get_url(f"{parsed[0]}/_history")
-        except FatalFhirServerError as err:
-            if err.status in (404, 410, 400, 405, 501):
-                raise _Finished("deleted result's history is unavailable") from None
-            raise
+        except (FhirNotFound, FhirBadRequest, FhirNotSupported):
+            raise _Finished("deleted result's history is unavailable") from None
         for resource in bundle_resources(history):
-            if is_relevant(resource) and (patient := _subject(resource)):
+            if is_relevant(resource) and (patient := subject_patient(resource)):
                 return patient
         raise _Finished("deleted result's patient is unknown")
 
@@ -662,7 +510,7 @@ class Worker:
                 ):
                     continue
                 seen += 1
-                stamp = _last_updated(resource)
+                stamp = last_updated(resource)
                 changed = parse_time(stamp)
                 if changed is not None and (newest is None or changed > newest):
                     newest, newest_text = changed, stamp
@@ -673,8 +521,8 @@ class Worker:
                     self.queue,
                     name,
                     focus,
-                    version=_version(resource),
-                    patient=_subject(resource),
+                    version=version_id(resource),
+                    patient=subject_patient(resource),
                     resource=resource,
                 )
             if newest_text is not None and newest != mark:

@@ -19,8 +19,8 @@ from fhir_leuko.clinical.model import Assessment
 from fhir_leuko.errors import InputError
 from fhir_leuko.fhirio import codes, queries
 from fhir_leuko.fhirio.client import FhirClient
+from fhir_leuko.fhirio.server import fetch_patient_data
 from fhir_leuko.service import evaluate
-from fhir_leuko.subscriptions.worker import fetch_patient_data
 
 pytestmark = pytest.mark.live
 

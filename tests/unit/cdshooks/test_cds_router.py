@@ -514,13 +514,13 @@ def test_an_unexpected_error_is_a_bare_500_and_its_message_is_not_logged(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("Mrs Smith, born 1970-05-01")
 
-    monkeypatch.setattr("fhir_leuko.cdshooks.router.patient_view_response", broken)
+    monkeypatch.setattr("fhir_leuko.cdshooks.handlers.patient_view_response", broken)
     with caplog.at_level(logging.DEBUG):
         r = client.post(PV, json=pv_request())
     assert r.status_code == 500
     assert r.json()["issue"][0]["diagnostics"] == "The service could not answer this request"
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
-    assert "RuntimeError" in logged and "router.py" in logged
+    assert "RuntimeError at test_cds_router.py:" in logged  # type and place of the raise
     assert "Mrs Smith" not in logged and "Mrs Smith" not in r.text
 
 

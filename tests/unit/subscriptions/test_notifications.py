@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhir_leuko.errors import AuthError, ConfigError, InputError
+from fhir_leuko.fhirio.refs import normalise_reference
 from fhir_leuko.subscriptions.notifications import (
     Notification,
     check_hmac,
     check_secret,
-    normalise_reference,
     parse_notification,
     parse_status_reply,
 )

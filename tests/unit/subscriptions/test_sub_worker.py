@@ -19,6 +19,7 @@ import respx
 from fhir_leuko.config import ServiceSettings, Settings, SubscriptionEndpoint
 from fhir_leuko.fhirio import codes, queries
 from fhir_leuko.fhirio.client import FhirClient
+from fhir_leuko.fhirio.server import transaction_for
 from fhir_leuko.subscriptions.queue import Queue
 from fhir_leuko.subscriptions.worker import (
     Worker,
@@ -27,7 +28,6 @@ from fhir_leuko.subscriptions.worker import (
     enqueue_gap,
     patient_key,
     subscription_key,
-    transaction_for,
 )
 from tests.unit.subscriptions.sub_fake_hapi import (
     BASE,
@@ -533,5 +533,5 @@ def test_a_failure_is_stored_in_full_but_logged_without_the_servers_text(
 
     assert outcome.state == "dead"
     assert f"Patient/{PATIENT_ID} is not known" in (queue.dead_letters()[0].last_error or "")
-    assert "FatalFhirServerError (HTTP 404)" in caplog.text
+    assert "FhirNotFound (HTTP 404)" in caplog.text
     assert PATIENT_ID not in caplog.text
