@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhir_leuko.cdshooks.cards import patient_view_response
+from fhir_leuko.cdshooks.cards import CardLinks, patient_view_response
 from fhir_leuko.fhirio import emit
 from fhir_leuko.render import text_report
 from fhir_leuko.service import evaluate
@@ -25,13 +25,14 @@ SAMPLES = sorted(
     for p in (Path(__file__).parents[2] / "samples").glob("[0-9][0-9]-*.json")
     if not p.name.endswith(".expected.json")
 )
+LINKS = CardLinks("http://r", {})
 OFFSETS = [timezone(timedelta(hours=-7)), timezone(timedelta(hours=14)), NOW.tzinfo]
 
 
 def outputs(data: bytes, offset: timezone | None) -> tuple[object, ...]:
     now = NOW_UTC if offset is None else NOW_UTC.astimezone(offset)
     a = evaluate(data, now=now)
-    cards = patient_view_response(a, service_id="leukopenia-patient-view", rules_url="http://r")
+    cards = patient_view_response(a, service_id="leukopenia-patient-view", links=LINKS)
     return emit.bundle(a), text_report(a), cards.model_dump(mode="json")
 
 
