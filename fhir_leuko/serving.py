@@ -61,42 +61,31 @@ class _HeaderDeadline:
             transport.close()
 
 
-class H11WithHeaderTimeout(H11Protocol):
+class _HeaderTimeout(asyncio.Protocol):
+    """A deadline on each request's headers, for either of uvicorn's HTTP protocols."""
+
+    header_timeout_s: ClassVar[float] = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = _HeaderDeadline(self, self.header_timeout_s)  # type: ignore[arg-type]
+        self._deadline.arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._deadline.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        super().connection_lost(exc)
+
+
+class H11WithHeaderTimeout(_HeaderTimeout, H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's headers."""
 
-    header_timeout_s: ClassVar[float] = 10.0
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline = _HeaderDeadline(self, self.header_timeout_s)
-        self._deadline.arm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._deadline.arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._deadline.cancel()
-        super().connection_lost(exc)
-
-
-class HttpToolsWithHeaderTimeout(HttpToolsProtocol):
+class HttpToolsWithHeaderTimeout(_HeaderTimeout, HttpToolsProtocol):
     """uvicorn's httptools protocol (uvicorn[standard], the faster one) with the deadline."""
-
-    header_timeout_s: ClassVar[float] = 10.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline = _HeaderDeadline(self, self.header_timeout_s)
-        self._deadline.arm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._deadline.arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._deadline.cancel()
-        super().connection_lost(exc)
 
 
 #: The protocol ``serve`` uses (what uvicorn's "auto" picks when httptools is installed).

@@ -991,30 +991,16 @@ def _row_10(f: Facts, d: _Decision, t: Thresholds) -> bool:
         return False
     d.set(Row.LOW_OTHERWISE, Risk.LOW, f.white_words().lower())
     if f.child and f.recent_viral:
-        d.repeat(
-            Priority.ROUTINE,
-            t.repeat_child_viral_start_d,
-            t.repeat_child_viral_end_d,
-            "Child with a recent viral illness: transient post-viral leukopenia is likely",
-            SRC_LLN_CHILD,
-        )
+        start, end, source = t.repeat_child_viral_start_d, t.repeat_child_viral_end_d, SRC_LLN_CHILD
+        ctx = "Child with a recent viral illness: transient post-viral leukopenia is likely"
     elif f.decision_grade is NeutropeniaGrade.MILD or f.anc_unknown:
         # Mild neutropenia: 1-2 weeks; with the ANC unknown the ANC-unknown rule narrows it.
-        d.repeat(
-            Priority.ROUTINE,
-            t.repeat_mild_start_d,
-            t.repeat_mild_end_d,
-            f"{f.white_words()} ({f.anc_desc})",
-            SRC_WORKUP,
-        )
+        start, end, source = t.repeat_mild_start_d, t.repeat_mild_end_d, SRC_WORKUP
+        ctx = f"{f.white_words()} ({f.anc_desc})"
     else:
-        d.repeat(
-            Priority.ROUTINE,
-            t.repeat_leukopenia_start_d,
-            t.repeat_leukopenia_end_d,
-            "Mild leukopenia with a normal ANC, to confirm stability",
-            SRC_WORKUP,
-        )
+        start, end, source = t.repeat_leukopenia_start_d, t.repeat_leukopenia_end_d, SRC_WORKUP
+        ctx = "Mild leukopenia with a normal ANC, to confirm stability"
+    d.repeat(Priority.ROUTINE, start, end, ctx, source)
     return True
 
 
