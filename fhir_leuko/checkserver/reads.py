@@ -803,6 +803,7 @@ class Checker:
 
 _QUERY_TITLES: Final = {
     "cbc": "Observation: CBC by patient+code",
+    "labReports": "DiagnosticReport: lab reports",
     "temperatures": "Observation: temperatures",
     "vitaminLevels": "Observation: B12 and folate",
     "medications": "MedicationRequest by status",
