@@ -1,5 +1,6 @@
-"""Expectations typed by hand from ../shared/docs/codes.md, shared by the tests that check the
-engine's output (samples) and the published terminology (profiles) against them.
+"""Expectations typed by hand from the project's code lists (finding and action codes,
+systems), shared by the tests that check the engine's output (samples) and the published
+terminology (profiles) against them.
 
 Kept apart from ``fhir_leuko.fhirio.codes`` on purpose: a test that read its expectations from
 the code under test could not fail.

@@ -315,7 +315,7 @@ def test_row9_stable_chronic_leukopenia_is_reassuring() -> None:
 
 
 def test_row10_seed_002_example() -> None:
-    # Seed 002: WBC 3.4 x 10^9/L (normal 4.5-11.0), ANC 1207/mm3.
+    # WBC 3.4 x 10^9/L (normal 4.5-11.0), ANC 1207/mm3, against the lab's own range.
     a = run(obs(WBC, 3.4, at(), unit="10*9/L", low=4.5), obs(ANC, 1207, at(), unit="/mm3"))
     assert (a.row, a.risk) == ("10", Risk.LOW)
     assert {"leukopenia", "neutropenia-mild"} <= set(a.finding_codes)
