@@ -3,11 +3,6 @@ browser, or links followed as a user would)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -16,61 +11,17 @@ from typing import Any
 
 import httpx
 
+from tests.serve_process import serve_process
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
 def running_service(workdir: Path, **env: str) -> Iterator[str]:
     """``fhir-leuko serve`` (insecure dev: no JWT) on a free port; yields its base URL."""
-    port = free_port()
-    log = workdir / "serve.log"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_LEUKO_")} | {
-        "FHIR_LEUKO_INSECURE_DEV": "1",
-        "FHIR_LEUKO_PORT": str(port),
-        "FHIR_LEUKO_WORKER_ENABLED": "0",
-        # This checkout's fhir_leuko, whatever the environment has installed.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        **env,
-    }
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fhir_leuko", "serve"],
-            cwd=workdir,  # the SQLite files land here
-            env=environ,
-            stdout=err,
-            stderr=err,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"serve exited with {proc.returncode}: {log.read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not answer within 30 s: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+    with serve_process(workdir, **env) as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 _TIMES = frozenset(

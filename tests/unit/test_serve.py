@@ -9,8 +9,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,60 +20,15 @@ import pytest
 
 from fhir_leuko import logs
 from fhir_leuko.errors import ConfigError
+from tests.serve_process import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUEST = ROOT / "tests" / "fixtures" / "cds" / "patient-view-febrile-neutropenia.json"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(tmp_path: Path, *argv: str, **env: str) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_LEUKO_")} | {
-        "FHIR_LEUKO_INSECURE_DEV": "1",
-        "FHIR_LEUKO_PORT": str(port),
-        "FHIR_LEUKO_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "FHIR_LEUKO_WORKER_ENABLED": "0",
-        # This checkout's fhir_leuko, whatever the environment has installed.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        **env,
-    }
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fhir_leuko", "serve", *argv],
-            cwd=tmp_path,  # the SQLite files land here
-            env=environ,
-            stdout=err,
-            stderr=err,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                # Any answer will do: discovery may rightly want a JWT (401).
-                if httpx.get(f"{base}/cds-services", timeout=1, trust_env=False).status_code < 500:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve did not answer within 30 s: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+    with serve_process(tmp_path, *argv, **env) as (base, log):
         yield base, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
