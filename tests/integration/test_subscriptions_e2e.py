@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from fhir_leuko.fhirio.client import FhirClient
 from fhir_leuko.subscriptions.queue import Queue
 from fhir_leuko.subscriptions.router import build_router
 from fhir_leuko.subscriptions.worker import Worker, open_queue
+from tests.serve_process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -310,13 +310,6 @@ def test_worker_killed_mid_job_loses_nothing_and_writes_nothing_twice(
 # ----------------------------------------------------------------- the service as deployed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_the_service_acknowledges_over_http_and_its_worker_thread_writes_back(
     fresh_fhir_server: str,  # noqa: F811
     fhir: FhirClient,
@@ -333,7 +326,7 @@ def test_the_service_acknowledges_over_http_and_its_worker_thread_writes_back(
         cdshooks_router.build_router,
         functools.partial(build_router, worker_kwargs={"client_factory": e2e.client_factory}),
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, routers=routers),
