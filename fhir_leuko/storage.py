@@ -157,10 +157,15 @@ class SqliteDatabase:
             )
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(self._db, deadline=time.monotonic() + busy_timeout_s)
             for pragma in pragmas:
                 self._db.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as err:
+            if "locked" in str(err):
+                raise StorageError(
+                    f"the database file stayed locked for {busy_timeout_s:g} s while opening it"
+                    f" ({type(err).__name__})"
+                ) from err
             raise StorageError(f"cannot open the database file ({type(err).__name__})") from err
 
     @property
@@ -196,6 +201,28 @@ class SqliteDatabase:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _enable_wal(db: sqlite3.Connection, *, deadline: float) -> None:
+    """Switch the file to WAL (persistent, so usually already done), retrying while locked.
+
+    Switching needs an exclusive lock, and SQLite answers ``database is locked`` at once,
+    without its busy handler, when another connection is upgrading the same file: what
+    replicas (or threads) opening a new database together meet. So the switch is retried
+    with a short, jittered sleep until ``deadline``; only then does the lock error stand."""
+    attempt = 0
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as err:
+            locked = "locked" in str(err) or "busy" in str(err)
+            if not locked or time.monotonic() >= deadline:
+                raise
+        attempt += 1
+        # 1, 2, 4 ... 50 ms, spread by the thread id so racing openers do not retry in step.
+        delay = min(0.05, 0.001 * 2**attempt) * (1 + (threading.get_ident() % 7) / 7)
+        time.sleep(delay)
 
 
 @contextmanager
