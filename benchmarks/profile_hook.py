@@ -6,7 +6,12 @@ Python cost per call without HTTP parsing or the load generator. Prints the time
 (fastest block of 100), then (``--profile``) the top functions by cumulative and own time under
 ``cProfile``.
 
-Run: ``.venv/bin/python benchmarks/profile_hook.py [--n 60] [--calls 2000] [--profile]``.
+``--stages`` also times the same call with the service's handler cut short after each of its
+steps (the request and its context parsed; the data gathered; the evaluation run; the cards
+built), so the cost of each step is the difference between two lines, measured the way the
+whole call is.
+
+Run: ``.venv/bin/python benchmarks/profile_hook.py [--n 60] [--calls 2000] [--profile] [--stages]``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import pstats
 import sys
 import time
@@ -97,6 +103,8 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{args.n} Observations ({len(body) // 1024} KB), {args.calls} calls: "
             f"parse-only {parse:.3f} ms/call, service {service:.3f} ms/call"
         )
+        if args.stages:
+            await stages(app, body, args.calls)
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
@@ -107,11 +115,50 @@ async def main_async(args: argparse.Namespace) -> None:
             stats.sort_stats("tottime").print_stats(args.top)
 
 
+async def stages(app: Any, body: bytes, calls: int) -> None:
+    """The call cut short after each step of the patient-view handler (see the docstring)."""
+    from fhir_leuko.cdshooks import handlers
+    from fhir_leuko.cdshooks import models as m
+
+    key = next(k for k, s in handlers.REGISTRY.items() if s.definition.hook == "patient-view")
+    real = handlers.REGISTRY[key]
+
+    async def parsed(call: handlers.HookCall) -> m.CdsResponse:
+        call.context(m.PatientViewContext)
+        return m.CdsResponse(cards=[])
+
+    async def gathered(call: handlers.HookCall) -> m.CdsResponse:
+        await call.gather(call.context(m.PatientViewContext).patientId)
+        return m.CdsResponse(cards=[])
+
+    async def assessed(call: handlers.HookCall) -> m.CdsResponse:
+        ctx = call.context(m.PatientViewContext)
+        call.assess(await call.gather(ctx.patientId), ctx.patientId)
+        return m.CdsResponse(cards=[])
+
+    steps = [
+        ("request and context parsed, no cards", parsed),
+        ("+ prefetch gathered", gathered),
+        ("+ evaluation (ingest, cleaning, rules)", assessed),
+        ("+ cards and FHIR resources (the service)", real.handle),
+    ]
+    try:
+        parse = await run(app, PARSE_PATH, body, calls)
+        print(f"  {'parse-only endpoint':<44} {parse:.3f} ms/call")
+        for label, handle in steps:
+            handlers.REGISTRY[key] = dataclasses.replace(real, handle=handle)
+            took = await run(app, SERVICE_PATH, body, calls)
+            print(f"  {label:<44} {took:.3f} ms/call  ({parse / took:.2f} x parse-only)")
+    finally:
+        handlers.REGISTRY[key] = real
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=60, help="Observations in the prefetch")
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--profile", action="store_true", help="also print a cProfile report")
+    ap.add_argument("--stages", action="store_true", help="also time the call step by step")
     ap.add_argument("--top", type=int, default=40, help="rows of each cProfile table")
     asyncio.run(main_async(ap.parse_args()))
 
