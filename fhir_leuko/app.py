@@ -305,8 +305,9 @@ def create_app(
         )
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _tune_gc(svc.gc_gen0_threshold)
+        app.state.readiness_threads = anyio.CapacityLimiter(_READINESS_THREADS)
         yield
 
     app = FastAPI(
@@ -345,9 +346,15 @@ def create_app(
             503: {"description": "Not ready; the body names the failing checks"},
         },
     )
-    async def readyz() -> Response:
+    async def readyz(request: Request) -> Response:
         """Readiness for a load balancer: every check of the configured parts passes."""
-        results = await anyio.to_thread.run_sync(_run_checks, readiness)
+        results = await _run_checks(
+            readiness,
+            timeout_s=svc.readyz_timeout_s,
+            # Set at start-up; an app driven without its lifespan gets a limiter per probe.
+            limiter=getattr(request.app.state, "readiness_threads", None)
+            or anyio.CapacityLimiter(_READINESS_THREADS),
+        )
         ready = all(v == "ok" for v in results.values())
         body = {"status": "ready" if ready else "not ready", "checks": results}
         return Response(
@@ -410,17 +417,46 @@ def create_app(
     return app
 
 
-def _run_checks(checks: Mapping[str, metrics.ReadinessCheck]) -> dict[str, str]:
-    results: dict[str, str] = {}
-    for name, check in checks.items():
-        try:
-            problem = check()
-        except LeukoError as err:
-            problem = str(err)
-        except Exception as err:  # a check must answer, not raise: say only the type
-            problem = f"check failed ({type(err).__name__})"
-        results[name] = "ok" if problem is None else problem
+#: Threads for readiness checks, apart from the ones calls use: a probe whose check is stuck
+#: on an unreachable database never takes a thread a CDS call or a notification needs.
+_READINESS_THREADS = 8
+
+
+async def _run_checks(
+    checks: Mapping[str, metrics.ReadinessCheck],
+    *,
+    timeout_s: float,
+    limiter: anyio.CapacityLimiter,
+) -> dict[str, str]:
+    """Every check at once, each in a thread; one that has not answered in ``timeout_s`` fails.
+
+    A load balancer's probe must get its answer within its own time-out (commonly 2-5 s), and
+    a database that is down makes a check wait ``db_timeout_s`` for a connection, once per
+    check. So checks run side by side and the probe answers 503 at ``timeout_s`` at the
+    latest, naming the check that did not answer; its thread is left to finish on its own.
+    """
+    results = {name: f"no answer within {timeout_s:g} s" for name in checks}
+
+    async def run(name: str, check: metrics.ReadinessCheck) -> None:
+        results[name] = await anyio.to_thread.run_sync(
+            _answer, check, abandon_on_cancel=True, limiter=limiter
+        )
+
+    with anyio.move_on_after(timeout_s):
+        async with anyio.create_task_group() as tg:
+            for name, check in checks.items():
+                tg.start_soon(run, name, check)
     return results
+
+
+def _answer(check: metrics.ReadinessCheck) -> str:
+    try:
+        problem = check()
+    except LeukoError as err:
+        problem = str(err)
+    except Exception as err:  # a check must answer, not raise: say only the type
+        problem = f"check failed ({type(err).__name__})"
+    return "ok" if problem is None else problem
 
 
 def create_app_from_environment() -> FastAPI:

@@ -147,6 +147,9 @@ class ServiceSettings:
     worker_concurrency: int = 4
     # GET /readyz answers 503 when more queued jobs than this are due (the worker is behind).
     readyz_max_queue_depth: int = 1000
+    # GET /readyz answers within this many seconds: a check still waiting (a database that is
+    # down) fails as "no answer", so a load balancer's probe never times out on us.
+    readyz_timeout_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -475,6 +478,7 @@ SERVICE_CHECKS: dict[str, Check] = {
     "db_timeout_s": _POSITIVE,
     "worker_concurrency": _AT_LEAST_ONE,
     "readyz_max_queue_depth": _NOT_NEGATIVE,
+    "readyz_timeout_s": _POSITIVE,
 }
 ENDPOINT_CHECKS: dict[str, Check] = {
     "fhir_base": _HTTP_URL,

@@ -7,15 +7,17 @@ counters, so only differences are compared).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from fhir_leuko.app import create_app
+from fhir_leuko.app import _run_checks, create_app
 from fhir_leuko.cdshooks import services
 from fhir_leuko.config import Settings, SubscriptionEndpoint
 from fhir_leuko.metrics import jwt_rejection_reason
@@ -186,16 +188,21 @@ def test_readyz_follows_the_database_and_the_worker(
             worker_enabled=True,
             worker_concurrency=2,
             worker_poll_s=0.05,
-            db_timeout_s=1.0,
+            db_timeout_s=10.0,  # a call waits this long for a connection ...
+            readyz_timeout_s=1.0,  # ... the probe does not
         )
         with TestClient(create_app(settings)) as c:
             r = c.get("/readyz")
             assert r.status_code == 200, r.text
             assert r.json()["checks"] == {"feedback": "ok", "queue": "ok", "worker": "ok"}
             server.stop()
+            started = time.monotonic()
             r = c.get("/readyz")
+            waited = time.monotonic() - started
             assert r.status_code == 503
             assert r.json()["checks"]["queue"] != "ok"
+            # The answer came at the probe's bound, not after the database time-out.
+            assert waited < 5, f"/readyz took {waited:.1f} s with the database down"
             assert c.get("/healthz").status_code == 200  # alive, just not ready
             server.start()
             deadline = time.monotonic() + 30
@@ -243,3 +250,33 @@ def test_fhir_server_errors_seen_by_a_cds_call_are_counted_by_status(
         after = samples(c)
     key = ("fhir_leuko_fhir_server_errors_total", frozenset({("status", "500"), ("source", "cds")}))
     assert after[key] - before.get(key, 0.0) == 1
+
+
+def test_readiness_checks_run_side_by_side_and_a_stuck_one_fails_at_the_bound() -> None:
+    release = threading.Event()
+
+    def stuck() -> str | None:
+        release.wait(30)
+        return None
+
+    def broken() -> str | None:
+        raise RuntimeError("secret detail")
+
+    checks = {"stuck": stuck, "ok": lambda: None, "busy": lambda: "3 jobs", "broken": broken}
+
+    async def probe() -> tuple[dict[str, str], float]:
+        started = time.monotonic()
+        results = await _run_checks(checks, timeout_s=0.5, limiter=anyio.CapacityLimiter(8))
+        return results, time.monotonic() - started
+
+    try:
+        results, waited = anyio.run(probe)
+    finally:
+        release.set()
+    assert results == {
+        "stuck": "no answer within 0.5 s",
+        "ok": "ok",
+        "busy": "3 jobs",
+        "broken": "check failed (RuntimeError)",
+    }
+    assert 0.5 <= waited < 5
