@@ -116,6 +116,10 @@ def formatter_config(log_format: str = "text") -> dict[str, Any]:
     return {"()": f"{__name__}.UtcFormatter", "fmt": FORMAT}
 
 
+#: Third-party loggers `serve` formats as its own, at WARNING and above.
+LIBRARY_LOGGERS = ("psycopg", "httpx", "httpcore")
+
+
 def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` document: uvicorn's loggers plus the ``fhir_leuko``
     tree, every handler with our escaping formatter (uvicorn's lines too)."""
@@ -134,6 +138,15 @@ def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
         "level": check_level(level).upper(),
         "propagate": False,
     }
+    # Libraries whose warnings an operator needs (the database pool cannot connect): through
+    # the same handler, so every line of `serve` has one format (a JSON log stays JSON lines).
+    # Warnings only: httpx logs every request URL at INFO, and those name patients.
+    for library in LIBRARY_LOGGERS:
+        cfg["loggers"][library] = {
+            "handlers": ["fhir_leuko"],
+            "level": "WARNING",
+            "propagate": False,
+        }
     return cfg
 
 

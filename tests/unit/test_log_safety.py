@@ -8,6 +8,7 @@ what they queued (with a 429 on the patient read), and an error that escaped eve
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.config
 import uuid
@@ -104,6 +105,27 @@ def test_every_handler_of_serve_uses_an_escaping_formatter(log_format: str) -> N
         spec = cfg["formatters"][handler["formatter"]]
         built = logging.config.DictConfigurator(cfg).configure_formatter(spec)
         assert type(built) is kind, name  # uvicorn's own lines too
+
+
+def test_library_warnings_come_out_in_the_service_format_and_info_stays_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    saved = {n: logging.getLogger(n) for n in ("fhir_leuko", *logs.LIBRARY_LOGGERS)}
+    state = {n: (lg.handlers[:], lg.level, lg.propagate) for n, lg in saved.items()}
+    try:
+        logging.config.dictConfig(logs.log_config("info", "json"))
+        logging.getLogger("psycopg.pool").warning("error connecting in 'fhir-leuko'")
+        logging.getLogger("httpx").info("HTTP Request: GET https://fhir/Observation?patient=p1")
+        err = capsys.readouterr().err.strip().splitlines()
+    finally:
+        for name, (handlers, level, propagate) in state.items():
+            lg = saved[name]
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+    assert len(err) == 1, err  # the pool's warning; not the request URL
+    doc = json.loads(err[0])
+    assert doc["logger"] == "psycopg.pool" and doc["level"] == "WARNING"
 
 
 def test_log_format_is_a_setting() -> None:
