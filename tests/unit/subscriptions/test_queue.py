@@ -454,25 +454,27 @@ def test_replicas_evaluating_one_patient_never_overlap(db_path: str) -> None:
     assert all(done[p] == 6 for p in patients), done
 
 
-def test_replicas_starting_together_apply_the_schema_once(db_path: str) -> None:
-    errors: list[BaseException] = []
+def open_together(target: str | Path, n: int = 6) -> tuple[list[Queue], list[BaseException]]:
+    """``n`` threads open a `Queue` on ``target`` at once: what opened, and what failed."""
     opened: list[Queue] = []
-    lock = threading.Lock()
+    errors: list[BaseException] = []
 
     def start() -> None:
         try:
-            q = Queue(db_path)
-        except BaseException as err:  # pragma: no cover - the failure this test looks for
+            opened.append(Queue(target))
+        except BaseException as err:  # pragma: no cover - the failure the tests look for
             errors.append(err)
-            return
-        with lock:
-            opened.append(q)
 
-    threads = [threading.Thread(target=start) for _ in range(6)]
+    threads = [threading.Thread(target=start) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return opened, errors
+
+
+def test_replicas_starting_together_apply_the_schema_once(db_path: str) -> None:
+    opened, errors = open_together(db_path)
     assert errors == []
     with opened[0].database.read() as db:
         row = db.execute("SELECT version FROM schema_version WHERE component = 'queue'").fetchone()
@@ -591,20 +593,7 @@ def test_many_rounds_of_openers_racing_on_a_new_sqlite_file(tmp_path: Path) -> N
     """Before the WAL switch was retried, about one round in thirty lost an opener."""
     for round_ in range(60):
         path = tmp_path / f"race-{round_}.sqlite3"
-        errors: list[BaseException] = []
-        opened: list[Queue] = []
-
-        def start(path: Path, opened: list[Queue], errors: list[BaseException]) -> None:
-            try:
-                opened.append(Queue(path))
-            except BaseException as err:  # pragma: no cover - the failure this test looks for
-                errors.append(err)
-
-        threads = [threading.Thread(target=start, args=(path, opened, errors)) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        opened, errors = open_together(path)
         for q in opened:
             q.close()
         assert errors == [], f"round {round_}"
