@@ -257,11 +257,21 @@ _DUFFY_DOUBT = re.compile(
     r"family history|fh)\b"
 )
 #: One antigen named by an Observation's code ("Fy a Ag [Presence] on Red Blood Cells", "Fy(b)").
-_FY_ANTIGEN = re.compile(r"\bfy\s*\(?\s*([ab])\s*\)?(?![a-z])|\bduffy\s*\(?([ab])\)?(?![a-z])")
+#: One antigen named: "Fya", "Fy(a)", "Fy a", "Duffy a", or LOINC's "Fy sup(a)" (superscript a).
+_FY_ANTIGEN = re.compile(
+    r"\bfy\s*\(?\s*([ab])\s*\)?(?![a-z])|\bduffy\s*\(?([ab])\)?(?![a-z])"
+    r"|\bfy\s+sup\s*\(\s*([ab])\s*\)"
+)
 _SIGN_NEGATIVE = frozenset({"negative", "neg", "not detected", "absent", "-", "0"})
 _SIGN_POSITIVE = frozenset({"positive", "pos", "detected", "present", "+", "1+", "2+", "3+", "4+"})
 _FY_MENTION = re.compile(r"\bfy\s*\(|\bfy\s*[ab]\b")
 _DUFFY_NULL_NEGATIVE = re.compile(r"\b(negative|neg|absent|not detected|false|n)\b")
+
+
+def _antigen_sign(value: str) -> str | None:
+    """``-`` or ``+`` for one antigen typing's value as text; ``None`` when it is neither."""
+    v = " ".join(value.translate(_MINUS_SIGNS).lower().split())
+    return "-" if v in _SIGN_NEGATIVE else "+" if v in _SIGN_POSITIVE else None
 
 
 def duffy_null_stated(text: str) -> bool:
@@ -1258,12 +1268,13 @@ class _Reader:
         # A typing of one antigen (blood banks report Fya and Fyb separately): kept, and
         # combined once every Observation is read.
         code_t = " ".join(named.translate(_MINUS_SIGNS).lower().split())
-        antigens = {m.group(1) or m.group(2) for m in _FY_ANTIGEN.finditer(code_t)}
-        if len(antigens) != 1 or _DUFFY_DOUBT.search(code_t) or len(values) != 1:
+        antigens = {next(g for g in m.groups() if g) for m in _FY_ANTIGEN.finditer(code_t)}
+        if len(antigens) != 1 or _DUFFY_DOUBT.search(code_t) or not values:
             return
-        value = " ".join(values[0].translate(_MINUS_SIGNS).lower().split())
-        sign = "-" if value in _SIGN_NEGATIVE else "+" if value in _SIGN_POSITIVE else None
-        if sign is not None:
+        # The value's text and its coding's display often say the same ("Negative" twice):
+        # one reading, provided every text the value carries gives the same sign.
+        signs = {_antigen_sign(v) for v in values}
+        if len(signs) == 1 and (sign := signs.pop()) is not None:
             when = result_time(obs)
             self.cur.antigens.append((when, antigens.pop(), sign, ref or label_of(obs)))
 

@@ -161,3 +161,32 @@ def test_the_latest_typing_of_an_antigen_counts() -> None:
 
 def test_an_uncertain_antigen_typing_is_not_used() -> None:
     assert duffy_kinds(antigen_obs("a", "Negative"), antigen_obs("b", "Weak positive?")) == []
+
+
+def coded_antigen_obs(antigen: str, text: str, display: str, code_name: str) -> Any:
+    """A blood bank's typing as an EHR sends it: the value's text and its SNOMED display."""
+    o = antigen_obs(antigen, "unused")
+    del o["valueString"]
+    o["code"] = {"coding": [{"system": "http://loinc.org", "display": code_name}]}
+    o["valueCodeableConcept"] = {
+        "coding": [{"system": "http://snomed.info/sct", "display": display}],
+        "text": text,
+    }
+    return o
+
+
+def test_typings_whose_text_and_display_both_say_negative_are_duffy_null() -> None:
+    # LOINC names the antigens with a superscript: "Fy sup(a) Ag [Presence] on Red Blood Cells".
+    fya = coded_antigen_obs(
+        "a", "Negative", "Negative", "Fy sup(a) Ag [Presence] on Red Blood Cells"
+    )
+    fyb = coded_antigen_obs(
+        "b", "Negative", "Negative", "Fy sup(b) Ag [Presence] on Red Blood Cells"
+    )
+    assert duffy_kinds(fya, fyb) == ["duffy-null"]
+
+
+def test_a_typing_whose_text_and_display_disagree_is_not_used() -> None:
+    fya = coded_antigen_obs("a", "Negative", "Negative", "Fy sup(a) Ag")
+    fyb = coded_antigen_obs("b", "Negative", "Positive", "Fy sup(b) Ag")
+    assert duffy_kinds(fya, fyb) == []
