@@ -1141,12 +1141,14 @@ def _assess(labs: PatientLabs, now: datetime, horizon: datetime, t: Thresholds) 
     draws, draw_trace, draw_issues = group_draws(results, t)
     c.trace.extend(draw_trace)
     c.issues.extend(draw_issues)
+    # A result with a dataAbsentReason is not a result (1.1): the lab sent none, so it is
+    # neither used nor "unusable"; the data issue still says so.
     unusable = tuple(
         i
         for i in c.issues
         if i.analyte in CBC_ANALYTES
         and i.code not in _USED_ANYWAY
-        and (i.severity != "information" or i.code == "data-absent")
+        and i.severity != "information"
     )
     index = _index_draw(draws)
     if index is None:

@@ -197,6 +197,34 @@ def test_only_unusable_cbc_values_is_not_assessable_never_normal() -> None:
     assert "qualitativeRisk" not in ra["prediction"][0]  # no risk claimed
 
 
+def absent(analyte: Analyte) -> DataIssue:
+    """What the reader reports for a result sent with a dataAbsentReason (1.1)."""
+    return DataIssue(
+        "data-absent",
+        f"Observation/{analyte.value} has a dataAbsentReason 'error': not a result",
+        f"Observation/{analyte.value}",
+        "information",
+        analyte=analyte,
+        sent="(data absent: error)",
+    )
+
+
+def test_a_result_sent_as_absent_is_no_result_not_an_unusable_one() -> None:
+    # 1.1: "A result with dataAbsentReason or no value is not a result (never zero)"; row 11
+    # proposes nothing, so a normal WBC whose differential the lab could not count shows no
+    # card. The data issue still names what was absent.
+    a = run(*draw(5.2, hb=13.0), issues=(absent(Analyte.ANC), absent(Analyte.PLATELETS)))
+    assert a.row == Row.ANC_UNKNOWN_NORMAL_WBC and a.assessable
+    assert not a.actionable and a.unusable == ()
+    assert "NOT USED" not in a.headline
+    assert {i.code for i in a.issues} >= {"data-absent"}
+
+
+def test_an_absent_result_beside_a_low_count_changes_nothing() -> None:
+    a = run(*draw(2.6), issues=(absent(Analyte.ANC),))
+    assert a.row == Row.LOW_WITH_CONCERN and a.actionable and a.unusable == ()
+
+
 def test_neutrophil_percent_without_any_wbc_is_not_assessable() -> None:
     a = run(r(Analyte.NEUTROPHIL_PERCENT, 48.0, at()))
     assert a.row == Row.NOT_ASSESSABLE
