@@ -1146,9 +1146,7 @@ def _assess(labs: PatientLabs, now: datetime, horizon: datetime, t: Thresholds) 
     unusable = tuple(
         i
         for i in c.issues
-        if i.analyte in CBC_ANALYTES
-        and i.code not in _USED_ANYWAY
-        and i.severity != "information"
+        if i.analyte in CBC_ANALYTES and i.code not in _USED_ANYWAY and i.severity != "information"
     )
     index = _index_draw(draws)
     if index is None:
