@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--now", type=_parse_now, help="evaluation time, ISO-8601 (default: now, UTC)")
     ev.add_argument(
+        "--patient",
+        metavar="ID",
+        help="evaluate this patient (the Patient id): needed when an input holds several"
+        " patients' data; the others' resources are left out and counted in the output",
+    )
+    ev.add_argument(
         "--format",
         choices=("json", "text", "html"),
         default="json",
@@ -236,7 +242,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         try:
             if isinstance(data, InputError):
                 raise data
-            assessment = evaluate(data, now=args.now, thresholds=settings.thresholds)
+            assessment = evaluate(
+                data, now=args.now, thresholds=settings.thresholds, patient_id=args.patient
+            )
         except InputError as exc:
             message = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
             if single:

@@ -569,7 +569,7 @@ def _the_patient(
     if len(ids) > 1:
         raise InputError(
             f"the input holds data of more than one patient ({len(ids)} patients); "
-            "evaluate one patient at a time"
+            "name the one to evaluate (fhir-leuko evaluate --patient ID)"
         )
     if not ids:
         return None

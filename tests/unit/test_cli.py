@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.builders import TEMP, at, bundle, cbc, obs, patient
+from tests.builders import TEMP, WBC, at, bundle, cbc, obs, patient
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -95,3 +95,19 @@ def test_config_command_redacts_nothing_it_should_not_and_shows_origins(tmp_path
     out = json.loads(r.stdout)
     assert out["thresholds"]["wbc_lln_adult"] == 3.5
     assert out["origins"]["thresholds.wbc_lln_adult"] == str(cfg)
+
+
+def test_an_input_with_two_patients_names_the_option_and_evaluates_the_one_named(
+    tmp_path: Path,
+) -> None:
+    other = [obs(WBC, 6.0, at(), patient="p2"), obs(TEMP, 38.9, at(), patient="p2")]
+    f = write(tmp_path, bundle(patient(), patient(pid="p2"), cbc(1.8, 0.35), other))
+    refused = run("evaluate", f, "--now", "2026-03-10T12:00:00Z")
+    assert refused.returncode == 2 and refused.stdout == b""
+    assert b"more than one patient" in refused.stderr and b"--patient ID" in refused.stderr
+    r = run("evaluate", f, "--now", "2026-03-10T12:00:00Z", "--patient", "p1", "--format", "text")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode()
+    # p1's severe neutropenia, afebrile: p2's newer normal count and fever are not hers.
+    assert "Patient/p1" in text and "Severe neutropenia" in text and "Febrile" not in text
+    assert "2 Observation resources belong to another patient" in text
