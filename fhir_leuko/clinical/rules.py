@@ -443,6 +443,15 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
     # --- Other cell lines ----------------------------------------------------------------------
     pregnant = any(cond.kind == "pregnancy" for cond in labs.conditions)
     hb_lln, hb_who = hb_lower_limit(labs.sex, age_y, age_m, pregnant, t)
+    if hb_who == "sex unknown" and Analyte.HAEMOGLOBIN in index.results:
+        c.issues.append(
+            DataIssue(
+                "no-sex",
+                f"No Patient.gender of male or female: the haemoglobin limit of "
+                f"{num(t.hb_low_female)} g/dL (women, or sex unknown) was used; for a man it is "
+                f"{num(t.hb_low_male)}",
+            )
+        )
     anaemia_text = _anaemia(index, hb_lln, hb_who)
     if anaemia_text:
         c.find("anaemia", anaemia_text, SRC_ANAEMIA)

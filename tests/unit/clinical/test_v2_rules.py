@@ -72,7 +72,7 @@ def temp(c: float, when: datetime | None = None) -> Result:
 def run(
     *results: Result | list[Result],
     birth: date = date(1970, 5, 1),
-    sex: str = "female",
+    sex: str | None = "female",
     meds: tuple[Medication, ...] = (),
     conditions: tuple[ClinicalCondition, ...] = (),
     issues: tuple[DataIssue, ...] = (),
@@ -432,3 +432,12 @@ def test_clozapine_mild_neutropenia_keeps_its_0_1_day_window() -> None:
 def test_no_order_window_starts_in_the_past() -> None:
     a = run(draw(3.3, 1.4, at(3)))
     assert all(rec.start >= NOW for rec in a.recommendations)
+
+
+def test_a_patient_of_unknown_sex_is_held_to_the_womens_haemoglobin_limit_and_told_so() -> None:
+    # WHO 2011 anaemia row: < 12.0 g/dL for women or sex unknown; the output says which.
+    a = run(*draw(3.5, 2.0, hb=12.5), sex=None)
+    assert "anaemia" not in a.finding_codes
+    issue = next(i for i in a.issues if i.code == "no-sex")
+    assert "12.0" in issue.message and "13.0" in issue.message
+    assert not any(i.code == "no-sex" for i in run(*draw(3.5, 2.0, hb=12.5)).issues)
