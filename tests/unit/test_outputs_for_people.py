@@ -29,12 +29,27 @@ from fhir_leuko.render import text_report
 from fhir_leuko.service import evaluate
 from fhir_leuko.web.report import html_report
 from fhir_leuko.web.rules import rules_page
+from tests.unit.clinical.test_independent_cases import PATIENT
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+CASES = Path(__file__).resolve().parents[1] / "fixtures" / "independent_cases"
 NOW_TEXT = orjson.loads((SAMPLES / "expectations.json").read_bytes())["evaluation_time"]
-NAMES = sorted(
-    p.stem for p in SAMPLES.glob("[0-9][0-9]-*.json") if not p.name.endswith(".expected.json")
-)
+#: Every input, by name: its file, its evaluation time and (for inputs holding several
+#: patients) the patient evaluated. The samples, then the reviewers' vendor-shaped cases.
+INPUTS: dict[str, tuple[Path, str, str | None]] = {
+    p.stem: (p, NOW_TEXT, None)
+    for p in SAMPLES.glob("[0-9][0-9]-*.json")
+    if not p.name.endswith(".expected.json")
+} | {
+    f"case-{p.stem}": (
+        p,
+        orjson.loads(p.with_suffix(".expect.json").read_bytes())["now"],
+        PATIENT.get(p.stem),
+    )
+    for p in CASES.glob("[0-9][0-9]-*.json")
+    if not p.name.endswith(".expect.json")
+}
+NAMES = sorted(INPUTS)
 LINKS = CardLinks("https://leuko.example.org", rules_page(DEFAULT_THRESHOLDS).row_titles)
 
 #: Citations of working material: "seed 002", "seeds 001, 002", "all seeds", "rules.md".
@@ -44,17 +59,17 @@ RAW_COUNT_UNIT = re.compile(r"10\^9|10\*9|10\*3|10\^3|x ?10")
 
 
 def _doc(name: str) -> Any:
-    return orjson.loads((SAMPLES / f"{name}.json").read_bytes())
+    return orjson.loads(INPUTS[name][0].read_bytes())
 
 
 @cache
 def outputs(name: str) -> dict[str, str]:
     """Every human-readable output of one sample, by kind."""
-    from datetime import datetime
 
-    now = datetime.fromisoformat(NOW_TEXT.replace("Z", "+00:00"))
+    patient = INPUTS[name][2]
+    now = _now(name)
     doc = _doc(name)
-    a = evaluate(doc, now=now)
+    a = evaluate(doc, now=now, patient_id=patient)
     cards = wire(patient_view_response(a, service_id="leukopenia-patient-view", links=LINKS))
     # The same patient with a draft order for a drug that lowers white cells (order-select).
     draft = {
@@ -66,7 +81,7 @@ def outputs(name: str) -> dict[str, str]:
         "medicationCodeableConcept": {"text": "Methotrexate 15 MG Oral Tablet"},
     }
     entries = [*doc.get("entry", ()), {"resource": draft}]
-    with_drug = evaluate({**doc, "entry": entries}, now=now)
+    with_drug = evaluate({**doc, "entry": entries}, now=now, patient_id=patient)
     drug = SelectedDrug("MedicationRequest/draft-1", "methotrexate", "name 'methotrexate'")
     order = wire(
         medication_check_response(
@@ -114,7 +129,7 @@ def test_the_html_report_is_one_self_contained_file(name: str) -> None:
     # Nothing is loaded from elsewhere: no src attribute, no stylesheet link.
     assert not re.search(r"\ssrc=", page) and "<link" not in page
     assert page.count("<svg") == 1
-    a = evaluate(_doc(name), now=_now())
+    a = evaluate(_doc(name), now=_now(name), patient_id=INPUTS[name][2])
     drawn = len(re.findall(r'<circle class="point ', page))
     if a.index_draw is not None:
         assert drawn >= 1
@@ -124,7 +139,7 @@ def test_the_html_report_is_one_self_contained_file(name: str) -> None:
         assert target in ids, (name, target)
 
 
-def _now() -> Any:
+def _now(name: str) -> Any:
     from datetime import datetime
 
-    return datetime.fromisoformat(NOW_TEXT.replace("Z", "+00:00"))
+    return datetime.fromisoformat(INPUTS[name][1].replace("Z", "+00:00"))

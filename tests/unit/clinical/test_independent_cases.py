@@ -1,5 +1,5 @@
-"""48 scenarios whose inputs and expected outcomes a second reviewer wrote from the decision
-table alone, before the engine ran (tests/fixtures/independent_cases/README.md).
+"""78 scenarios whose inputs and expected outcomes two reviewers wrote from the decision table
+alone, before the engine ran (tests/fixtures/independent_cases/README.md): 1-48, then 49-78.
 
 Vendor-shaped data: local codes beside LOINC, odd units, text values, times only on the
 DiagnosticReport, transaction Bundles with urn:uuid references. Each expectation is checked as
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from fhir_leuko.clinical.model import Assessment
+from fhir_leuko.errors import InputError
 from fhir_leuko.render import text_report
 from fhir_leuko.service import evaluate
 
@@ -32,6 +33,13 @@ RESOLVED: dict[str, dict[str, str]] = {
     # treatable cause of pancytopenia and is drawn with the repeat CBC (docs/clinical-logic.md).
     "36-pancytopenia-fever-38.9": {"vitamin-b12": "asap", "folate": "asap"},
 }
+
+
+#: Inputs holding several patients: the reviewer assumed the first Patient entry is the one
+#: evaluated. We never guess whose record it is: without a named patient the input is refused
+#: (`test_an_input_with_two_patients_is_refused_until_one_is_named`), and the expectation is
+#: checked for the patient named, as a CDS hook's context or `evaluate --patient` names one.
+PATIENT: dict[str, str] = {"67-two-patients-in-bundle-first-patient-severe": "hie-pt-40021"}
 
 
 def _cases() -> list[str]:
@@ -56,7 +64,11 @@ def test_the_set_is_complete() -> None:
 @pytest.mark.parametrize("name", _cases())
 def test_engine_agrees_with_the_independent_expectation(name: str) -> None:
     exp = _expect(name)
-    a = evaluate((CASES / f"{name}.json").read_bytes(), now=datetime.fromisoformat(exp["now"]))
+    a = evaluate(
+        (CASES / f"{name}.json").read_bytes(),
+        now=datetime.fromisoformat(exp["now"]),
+        patient_id=PATIENT.get(name),
+    )
     problems: list[str] = []
     if a.row.value != exp["row"]:
         problems.append(f"row {a.row.value}, expected {exp['row']}")
@@ -79,8 +91,12 @@ def test_engine_agrees_with_the_independent_expectation(name: str) -> None:
         if rec.priority.value != priority and not at_least:
             problems.append(f"{action} {rec.priority.value}, expected {priority}")
         if "repeat_window_days" in want and a.index_draw is not None:
-            end = (rec.end - a.index_draw.time) / timedelta(days=1)
-            if abs(end - want["repeat_window_days"][1]) > 0.51:
+            first, last = want["repeat_window_days"]
+            due = a.index_draw.time + timedelta(days=last)
+            if due < a.now:  # overdue: the window starts now (docs/clinical-logic.md)
+                due = a.now + timedelta(days=last - first)
+            if abs(rec.end - due) > timedelta(days=0.51):
+                end = (rec.end - a.index_draw.time) / timedelta(days=1)
                 problems.append(f"{action} ends {end:.1f} d after the index CBC")
     if forbidden := set(exp["actions_forbidden"]) & set(recs):
         problems.append(f"forbidden actions {sorted(forbidden)}")
@@ -89,3 +105,10 @@ def test_engine_agrees_with_the_independent_expectation(name: str) -> None:
     text = text_report(a).lower()
     problems += [f"does not mention {m!r}" for m in exp["must_mention"] if m.lower() not in text]
     assert not problems, f"{name}: " + "; ".join(problems) + f"\n(reviewer: {exp['why']})"
+
+
+@pytest.mark.parametrize("name", sorted(PATIENT))
+def test_an_input_with_two_patients_is_refused_until_one_is_named(name: str) -> None:
+    exp = _expect(name)
+    with pytest.raises(InputError, match="more than one patient"):
+        evaluate((CASES / f"{name}.json").read_bytes(), now=datetime.fromisoformat(exp["now"]))
