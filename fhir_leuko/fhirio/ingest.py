@@ -894,7 +894,8 @@ class _Reader:
         self.issue(
             "no-effective-time",
             f"{ref} ({ANALYTE_LABEL[analyte] if analyte else 'result'} {_sent_of(obs)}) has no "
-            "usable effective time, and no DiagnosticReport in the input gives one: not used",
+            "usable effective time, and no DiagnosticReport or panel Observation (hasMember) "
+            "in the input gives one: not used",
             ref,
             analyte=analyte,
             sent=_sent_of(obs),
@@ -978,7 +979,9 @@ class _Reader:
                         return
         components = obs.get("component")
         if analyte is None and not components:
-            if isinstance(code, dict) and _mentions_duffy(code):
+            if isinstance(obs.get("hasMember"), list):
+                self._grouper(obs, owned)
+            elif isinstance(code, dict) and _mentions_duffy(code):
                 if owned:
                     self.own(obs)
                 self._duffy_observation(obs, code, ref)
@@ -1320,6 +1323,24 @@ class _Reader:
                 continue
             members.append(self.aliases.get(target) or relative(target))
         owner.reports.append((rid, when, members))
+
+    def _grouper(self, obs: JSON, owned: bool) -> None:
+        """An Observation grouping a panel (``hasMember``, as some labs send a CBC) lists its
+        members as a DiagnosticReport lists its results: members without a time of their own
+        take its time, and it is their draw (clinical-rules.md 1.4)."""
+        if owned:
+            self.own(obs)
+        if obs.get("status") in BAD_REPORT_STATUSES:
+            return
+        members = [
+            self.aliases.get(target) or relative(target)
+            for m in obs["hasMember"]
+            if isinstance(m, dict)
+            and isinstance(target := m.get("reference"), str)
+            and not target.startswith("#")
+        ]
+        if members:
+            self.cur.reports.append((label_of(obs), effective_time(obs), members))
 
     def _contained(
         self, obs: JSON, report: JSON, rid: str, target: str, when: datetime | None

@@ -219,3 +219,39 @@ def test_a_contained_result_without_any_time_is_reported_once() -> None:
     assert len(missing) == 5  # the five CBC results we read; nothing about other analytes
     anc = next(i for i in missing if i.analyte is Analyte.ANC)
     assert anc.ref == "DiagnosticReport/101#r9" and anc.sent == "0.9 x10*9/L"
+
+
+def grouper(gid: str, members: list[str], when: str | None = REPORT_TIME, **extra: Any) -> Any:
+    """A CBC panel sent as an Observation that lists its members in ``hasMember``."""
+    g: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": gid,
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "58410-2"}], "text": "CBC panel"},
+        "subject": {"reference": "Patient/p1"},
+        "hasMember": [{"reference": ref} for ref in members],
+        **extra,
+    }
+    if when is not None:
+        g["effectiveDateTime"] = when
+    return g
+
+
+def test_members_of_a_panel_observation_take_its_time_and_its_draw() -> None:
+    members = [untimed(WBC, 2.6, oid="g-w"), untimed(ANC, 0.7, oid="g-a")]
+    labs = ingest(
+        bundle(patient(), members, grouper("panel", ["Observation/g-w", "Observation/g-a"]))
+    )
+    assert sorted((r.value, r.draw_id) for r in labs.results) == [
+        (0.7, "Observation/panel"),
+        (2.6, "Observation/panel"),
+    ]
+    assert {r.time for r in labs.results} == {datetime.fromisoformat(REPORT_TIME)}
+    assert "time-from-report" in {i.code for i in labs.issues}
+
+
+def test_an_entered_in_error_panel_observation_gives_no_time() -> None:
+    g = grouper("bad", ["Observation/e2"], status="entered-in-error")
+    labs = ingest(bundle(patient(), untimed(ANC, 0.3, oid="e2"), g))
+    assert labs.results == ()
+    assert "no-effective-time" in {i.code for i in labs.issues}
