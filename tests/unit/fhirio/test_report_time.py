@@ -9,8 +9,11 @@ contained resources; two panels drawn in the same minute stay two draws.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+
+import pytest
 
 from fhir_leuko.clinical.model import Analyte, NeutropeniaGrade, Risk
 from fhir_leuko.fhirio.ingest import ingest
@@ -203,13 +206,6 @@ def test_the_issued_time_is_the_last_resort() -> None:
     assert "no-effective-time" in {i.code for i in labs.issues}
 
 
-def test_an_entered_in_error_report_gives_no_time() -> None:
-    dr = report("bad", ["Observation/e1"], status="entered-in-error")
-    labs = ingest(bundle(patient(), untimed(ANC, 0.3, oid="e1"), dr))
-    assert labs.results == ()
-    assert "no-effective-time" in {i.code for i in labs.issues}
-
-
 def test_a_contained_result_without_any_time_is_reported_once() -> None:
     dr = spec_cbc_example()
     del dr["effectiveDateTime"]
@@ -223,17 +219,9 @@ def test_a_contained_result_without_any_time_is_reported_once() -> None:
 
 def grouper(gid: str, members: list[str], when: str | None = REPORT_TIME, **extra: Any) -> Any:
     """A CBC panel sent as an Observation that lists its members in ``hasMember``."""
-    g: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": gid,
-        "status": "final",
-        "code": {"coding": [{"system": LOINC, "code": "58410-2"}], "text": "CBC panel"},
-        "subject": {"reference": "Patient/p1"},
-        "hasMember": [{"reference": ref} for ref in members],
-        **extra,
-    }
-    if when is not None:
-        g["effectiveDateTime"] = when
+    g = report(gid, members, when=when, **extra)
+    g["resourceType"] = "Observation"
+    g["hasMember"] = g.pop("result")
     return g
 
 
@@ -250,8 +238,9 @@ def test_members_of_a_panel_observation_take_its_time_and_its_draw() -> None:
     assert "time-from-report" in {i.code for i in labs.issues}
 
 
-def test_an_entered_in_error_panel_observation_gives_no_time() -> None:
-    g = grouper("bad", ["Observation/e2"], status="entered-in-error")
-    labs = ingest(bundle(patient(), untimed(ANC, 0.3, oid="e2"), g))
+@pytest.mark.parametrize("panel", [report, grouper], ids=["DiagnosticReport", "hasMember"])
+def test_a_panel_entered_in_error_gives_no_time(panel: Callable[..., Any]) -> None:
+    voided = panel("bad", ["Observation/e1"], status="entered-in-error")
+    labs = ingest(bundle(patient(), untimed(ANC, 0.3, oid="e1"), voided))
     assert labs.results == ()
     assert "no-effective-time" in {i.code for i in labs.issues}
