@@ -1259,6 +1259,15 @@ def _mitigation(f: Facts, d: _Decision) -> tuple[str, ...]:
             "expected effect - manage per the oncology protocol and tell the treating oncology "
             f"team ({cite(NICE_CG151, ASCO_IDSA_2018)})."
         )
+    clozapine_advice = f.clozapine and f.decision_grade.rank >= NeutropeniaGrade.MODERATE.rank
+    if clozapine_advice:
+        # The label's monitoring table: moderate (ANC 0.5-0.99) and severe mean interrupt.
+        out.append(
+            "Clozapine: the label says to interrupt it for suspected clozapine-induced "
+            "neutropenia at an ANC below 1.0, and to check the ANC daily until it is 1.0 or "
+            f"more; plan this with the prescribing psychiatrist ({SRC_CLOZAPINE})."
+        )
+        other_meds = [m for m in other_meds if m != "clozapine"]
     if other_meds and f.decision_grade.rank >= NeutropeniaGrade.MODERATE.rank:
         out.append(
             "Suspected drug-induced neutropenia: consider holding or stopping "
@@ -1267,7 +1276,7 @@ def _mitigation(f: Facts, d: _Decision) -> tuple[str, ...]:
         )
     elif other_meds:
         out.append("Review medications that lower white cells: " + ", ".join(other_meds) + ".")
-    elif not chemo_meds:
+    elif not chemo_meds and not clozapine_advice:
         out.append("Review medications for drugs that lower white cells.")
     if f.explaining:
         out.append(

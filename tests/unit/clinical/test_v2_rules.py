@@ -441,3 +441,13 @@ def test_a_patient_of_unknown_sex_is_held_to_the_womens_haemoglobin_limit_and_to
     issue = next(i for i in a.issues if i.code == "no-sex")
     assert "12.0" in issue.message and "13.0" in issue.message
     assert not any(i.code == "no-sex" for i in run(*draw(3.5, 2.0, hb=12.5)).issues)
+
+
+def test_moderate_neutropenia_on_clozapine_advises_what_the_label_says() -> None:
+    # The clozapine label's monitoring table: moderate (ANC 0.5-0.99) means interrupt, with a
+    # daily ANC until it is 1.0 or more. Mild (1.0-1.49) does not.
+    advice = " ".join(run(*draw(3.1, 0.8), meds=(CLOZAPINE,)).mitigation)
+    assert "interrupt" in advice and "daily" in advice and "clozapine label" in advice
+    assert "consider holding" not in advice
+    mild = " ".join(run(*draw(3.1, 1.2), meds=(CLOZAPINE,)).mitigation)
+    assert "interrupt" not in mild and "clozapine" in mild
