@@ -251,6 +251,8 @@ class Facts:
     red_flags: tuple[ClinicalCondition, ...]
     explaining: tuple[ClinicalCondition, ...]
     recent_viral: bool
+    #: A recorded splenomegaly not counted as a red flag, because its cause is recorded.
+    spleen_explained: bool = False
 
     @property
     def neutropenic(self) -> bool:
@@ -534,6 +536,19 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
     if duffy and white_line:
         c.find("duffy-null", "Duffy-null phenotype documented (Fy(a−b−))", SRC_DUFFY)
     red_flags = tuple(cond for cond in labs.conditions if cond.kind == "red-flag")
+    # Splenomegaly is a red flag when its cause is unknown; a recorded hypersplenism or portal
+    # hypertension is its cause, and explains the count (section 2, red-flag condition).
+    spleen_cause = [cond.display for cond in labs.conditions if cond.kind == "hypersplenism"]
+    spleen_explained = bool(spleen_cause) and any(c.display == "splenomegaly" for c in red_flags)
+    if spleen_explained:
+        red_flags = tuple(cond for cond in red_flags if cond.display != "splenomegaly")
+        c.hit(
+            "splenomegaly-explained",
+            "Splenomegaly recorded with its cause ("
+            + ", ".join(sorted(set(spleen_cause)))
+            + "): not counted as a red flag",
+            table("2 (red-flag condition: splenomegaly of unknown cause)"),
+        )
     if red_flags and white_line:
         c.find(
             "red-flag-condition",
@@ -579,6 +594,7 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
         red_flags=red_flags,
         explaining=tuple(cond for cond in labs.conditions if cond.kind in EXPLAINING_CONDITIONS),
         recent_viral=recent_viral,
+        spleen_explained=spleen_explained and white_line,
     )
 
 
@@ -1278,10 +1294,15 @@ def _mitigation(f: Facts, d: _Decision) -> tuple[str, ...]:
         out.append("Review medications that lower white cells: " + ", ".join(other_meds) + ".")
     elif not chemo_meds and not clozapine_advice:
         out.append("Review medications for drugs that lower white cells.")
+    if f.spleen_explained:
+        out.append(
+            "The recorded splenomegaly has a recorded cause (hypersplenism or portal "
+            "hypertension), so it is not counted as a red flag."
+        )
     if f.explaining:
         out.append(
             "Recorded conditions that can explain it: "
-            + ", ".join(cond.display for cond in f.explaining)
+            + ", ".join(dict.fromkeys(cond.display for cond in f.explaining))
             + "."
         )
     if f.fever:

@@ -451,3 +451,22 @@ def test_moderate_neutropenia_on_clozapine_advises_what_the_label_says() -> None
     assert "consider holding" not in advice
     mild = " ".join(run(*draw(3.1, 1.2), meds=(CLOZAPINE,)).mitigation)
     assert "interrupt" not in mild and "clozapine" in mild
+
+
+def test_splenomegaly_with_a_recorded_cause_is_not_a_red_flag_and_the_output_says_so() -> None:
+    # Section 2: "Splenomegaly of unknown cause is a red flag ... only a recorded hypersplenism
+    # / portal hypertension diagnosis explains it".
+    spleen = cond("red-flag", "splenomegaly")
+    unknown = run(*draw(3.4, 2.0), conditions=(spleen,))
+    assert unknown.row == Row.LOW_WITH_CONCERN and "red-flag-condition" in unknown.finding_codes
+    explained = run(*draw(3.4, 2.0), conditions=(spleen, cond("hypersplenism", "hypersplenism")))
+    assert (
+        explained.row == Row.LOW_OTHERWISE and "red-flag-condition" not in explained.finding_codes
+    )
+    assert any("splenomegaly has a recorded cause" in m for m in explained.mitigation)
+    # Another red flag still counts beside an explained spleen.
+    nodes = cond("red-flag", "lymphadenopathy")
+    both = run(*draw(3.4, 2.0), conditions=(spleen, nodes, cond("hypersplenism", "hypersplenism")))
+    assert both.row == Row.LOW_WITH_CONCERN
+    assert "lymphadenopathy" in " ".join(f.text for f in both.findings)
+    assert "splenomegaly" not in " ".join(f.text for f in both.findings)
