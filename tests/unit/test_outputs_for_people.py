@@ -46,7 +46,7 @@ INPUTS: dict[str, tuple[Path, str, str | None]] = {
         orjson.loads(p.with_suffix(".expect.json").read_bytes())["now"],
         PATIENT.get(p.stem),
     )
-    for p in CASES.glob("[0-9][0-9]-*.json")
+    for p in CASES.glob("[0-9]*-*.json")
     if not p.name.endswith(".expect.json")
 }
 NAMES = sorted(INPUTS)
