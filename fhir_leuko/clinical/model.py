@@ -289,6 +289,9 @@ class DataIssue:
     # critical value instead of calling the count normal (clinical-rules.md 1.8).
     analyte: Analyte | None = None
     sent: str | None = None
+    # When what it is about was observed, where that decides whether it matters (a temperature
+    # not coded as one matters only in the fever window).
+    time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

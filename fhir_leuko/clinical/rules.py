@@ -1174,6 +1174,15 @@ def _assess(labs: PatientLabs, now: datetime, horizon: datetime, t: Thresholds) 
         if i.analyte in CBC_ANALYTES and i.code not in _USED_ANYWAY and i.severity != "information"
     )
     index = _index_draw(draws)
+    # A temperature not coded as one is named only when it falls in the fever window, where
+    # it could have been a fever the rules did not see.
+    since = index.time - timedelta(hours=t.fever_lookback_hours) if index else None
+    c.issues = [
+        i
+        for i in c.issues
+        if i.code != "uncoded-temperature"
+        or (since is not None and i.time is not None and since <= i.time <= horizon)
+    ]
     if index is None:
         if unusable:
             return _not_assessable(c, draws, unusable)

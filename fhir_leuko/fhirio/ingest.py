@@ -943,9 +943,10 @@ class _Reader:
         *,
         analyte: Analyte | None = None,
         sent: str | None = None,
+        time: datetime | None = None,
     ) -> None:
         target = self.issues if ref is None else self.cur.issues
-        target.append(DataIssue(code, message, ref, severity, analyte, sent))
+        target.append(DataIssue(code, message, ref, severity, analyte, sent, time))
 
     # --- Observations -------------------------------------------------------------------------
 
@@ -985,6 +986,10 @@ class _Reader:
                 if owned:
                     self.own(obs)
                 self._duffy_observation(obs, code, ref)
+            elif (temperature := _temperature_quantity(obs, code)) is not None:
+                if owned:
+                    self.own(obs)
+                self._uncoded_temperature(obs, code, ref, temperature)
             return
         if owned:
             self.own(obs)
@@ -1324,6 +1329,35 @@ class _Reader:
             members.append(self.aliases.get(target) or relative(target))
         owner.reports.append((rid, when, members))
 
+    def _uncoded_temperature(
+        self, obs: JSON, code: Any, ref: str | None, quantity: tuple[float, str | None, str | None]
+    ) -> None:
+        """A reading that looks like a body temperature but is not coded as one (LOINC
+        8310-5): not read as one (codes decide, 1.3), but a febrile one is named, so that a
+        fever charted under a local code is never silently lost."""
+        if obs.get("status") not in USED_STATUSES:
+            return
+        value, ucum, unit = quantity
+        try:
+            celsius = converter_for(Analyte.BODY_TEMPERATURE, ucum, unit)(value)
+        except UnitProblem:
+            return
+        low, high = self.t.fever_sustained_c, self.t.temp_max_plausible_c
+        when = effective_time(obs)
+        if when is None or not low <= celsius <= high:
+            return
+        ref = ref or label_of(obs)
+        name = " ".join(_texts(code)[:1]) if isinstance(code, dict) else ""
+        shown = f"{value:g} {unit or ucum}"
+        self.issue(
+            "uncoded-temperature",
+            f"{ref} ('{_shown_raw(name or 'no name')}' {_shown_raw(shown)}, "
+            f"{celsius:.1f} °C) looks like a body temperature but is not coded as one "
+            "(LOINC 8310-5): not read, so a fever in it is not counted - check it",
+            ref,
+            time=when,
+        )
+
     def _grouper(self, obs: JSON, owned: bool) -> None:
         """An Observation grouping a panel (``hasMember``, as some labs send a CBC) lists its
         members as a DiagnosticReport lists its results: members without a time of their own
@@ -1537,6 +1571,33 @@ def _analyte_of(obs: JSON) -> Analyte | None:
             a = codes.LOINC_ANALYTES.get(c.get("code"))  # type: ignore[arg-type]
             if a is not None:
                 return a
+    return None
+
+
+#: Unit spellings that can only be a temperature ('C' and 'F' alone only beside a name
+#: that says temperature).
+_TEMPERATURE_UNITS = frozenset({"Cel", "[degF]", "\u00b0C", "\u00b0F", "degC", "degF"})
+_TEMPERATURE_WORDS = re.compile(r"(?i)\btemp")
+
+
+def _temperature_quantity(obs: JSON, code: Any) -> tuple[float, str | None, str | None] | None:
+    """(value, UCUM code, unit) of a quantity in a temperature unit; else None. Cheap: most
+    Observations here are unread lab analytes with a count or mass unit."""
+    q = obs.get("valueQuantity")
+    if not isinstance(q, dict):
+        return None
+    raw: Any = q.get("value")
+    ucum, unit = q.get("code"), q.get("unit")
+    if type(raw) not in (int, float) or not math.isfinite(raw):
+        return None
+    value = float(raw)
+    ucum = ucum if isinstance(ucum, str) and ucum else None
+    unit = unit if isinstance(unit, str) and unit else None
+    if ucum in _TEMPERATURE_UNITS or unit in _TEMPERATURE_UNITS:
+        return value, ucum, unit
+    named = isinstance(code, dict) and any(_TEMPERATURE_WORDS.search(t) for t in _texts(code))
+    if (ucum or unit) in ("C", "F") and named:
+        return value, ucum, unit
     return None
 
 
