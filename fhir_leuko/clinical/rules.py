@@ -438,6 +438,8 @@ def _findings(c: _Ctx, draws: list[Draw], index: Draw, horizon: datetime) -> Fac
     fever = fever_text is not None
     if fever_text is not None:
         c.find("fever", fever_text, SRC_FEVER)
+    else:
+        _fever_just_before_the_window(c, temps, idx_time, t)
     febrile_neutropenia = fever and anc is not None and anc < t.febrile_anc_below
     if febrile_neutropenia:
         c.find("febrile-neutropenia", f"Febrile neutropenia: fever with {anc_desc}", SRC_FN)
@@ -1344,6 +1346,34 @@ def _grade(anc: float | None, lln: float, t: Thresholds) -> NeutropeniaGrade:
     if anc >= t.anc_severe_floor:
         return NeutropeniaGrade.SEVERE
     return NeutropeniaGrade.PROFOUND
+
+
+#: How far before the fever window a febrile reading is still named (never counted): a fever
+#: a day or two before the CBC matters to whoever reads the count, even if the rule's window
+#: has closed on it. Display only; the decision uses ``fever_lookback_hours``.
+FEVER_MENTION_HOURS = 72.0
+
+
+def _fever_just_before_the_window(
+    c: _Ctx, temps: Sequence[Result], index_time: datetime, t: Thresholds
+) -> None:
+    since = index_time - timedelta(hours=t.fever_lookback_hours)
+    earliest = index_time - timedelta(hours=max(FEVER_MENTION_HOURS, t.fever_lookback_hours))
+    before = [r for r in temps if earliest <= r.time < since and r.value >= t.fever_sustained_c]
+    if not before:
+        return
+    top = max(before, key=lambda r: (r.value, r.time))
+    hours = (index_time - top.time) / timedelta(hours=1)
+    c.issues.append(
+        DataIssue(
+            "fever-before-window",
+            f"A temperature of {top.value:.1f} °C at {when(top.time)}, {hours:.0f} h before the "
+            f"index CBC, is outside the {t.fever_lookback_hours:g} h fever window: not counted "
+            "as fever",
+            top.ref,
+            "information",
+        )
+    )
 
 
 def _fever(

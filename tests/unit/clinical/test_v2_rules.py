@@ -470,3 +470,19 @@ def test_splenomegaly_with_a_recorded_cause_is_not_a_red_flag_and_the_output_say
     assert both.row == Row.LOW_WITH_CONCERN
     assert "lymphadenopathy" in " ".join(f.text for f in both.findings)
     assert "splenomegaly" not in " ".join(f.text for f in both.findings)
+
+
+def test_a_fever_just_before_the_window_is_named_not_counted() -> None:
+    def temp(hours_before_index: float) -> Result:
+        return r(Analyte.BODY_TEMPERATURE, 38.9, at(hours=hours_before_index))
+
+    def named(a: Assessment) -> list[str]:
+        return [i.message for i in a.issues if i.code == "fever-before-window"]
+
+    late = run(*draw(3.6, 1.2), temp(25))
+    assert "fever" not in late.finding_codes and late.row == Row.LOW_OTHERWISE
+    (message,) = named(late)
+    assert "38.9 °C" in message and "25 h before the index CBC" in message
+    assert named(run(*draw(3.6, 1.2), temp(80))) == []  # days ago: not mentioned
+    inside = run(*draw(3.6, 1.2), temp(23))
+    assert "fever" in inside.finding_codes and named(inside) == []
