@@ -46,3 +46,10 @@ def test_host_steal_counts_forward_and_within_the_machine_total() -> None:
     assert 0 <= steal_0 <= all_0
     assert steal_1 >= steal_0
     assert all_1 >= all_0
+
+
+def test_the_benchmark_prefetches_every_key_so_nothing_is_fetched_or_missing() -> None:
+    from fhir_leuko.cdshooks.services import PATIENT_VIEW
+
+    prefetch = orjson.loads(hook_body(60))["prefetch"]
+    assert set(prefetch) == {q.key for q in PATIENT_VIEW.prefetch}
