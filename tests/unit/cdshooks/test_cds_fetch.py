@@ -15,6 +15,7 @@ from cds_conformance import assert_conformant
 from fastapi.testclient import TestClient
 
 from fhir_leuko.cdshooks.fetch import normalise_base, server_allowed
+from fhir_leuko.cdshooks.services import PATIENT_VIEW
 from fhir_leuko.config import Settings
 from tests.builders import NOW, TEMP, at, bundle, cbc, med, obs, patient
 
@@ -40,6 +41,15 @@ def request(**prefetch: Any) -> dict[str, Any]:
         "context": {"userId": "Practitioner/dr1", "patientId": "p1"},
         **({"prefetch": prefetch} if prefetch else {}),
     }
+
+
+def cbc_only(cbc_search: Any, *, fetch: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A call prefetching the patient and this CBC search, every optional key as null, except
+    the keys in ``fetch``: left out, so the service fetches them."""
+    optional = {q.key: None for q in PATIENT_VIEW.prefetch if not q.required}
+    for key in fetch:
+        del optional[key]
+    return request(patient=patient(), cbc=cbc_search, **optional)
 
 
 def searchset(*resources: Any, next_url: str | None = None) -> dict[str, Any]:
@@ -143,15 +153,7 @@ def test_only_missing_keys_are_fetched(cds_client: TestClient, fhir: respx.MockR
     meds = fhir.get("/MedicationRequest").respond(json=searchset(med("clozapine", "2626")))
     r = cds_client.post(
         PV,
-        json=request(
-            patient=patient(),
-            cbc=searchset(cbc(2.0, 1.2)),
-            labReports=None,
-            temperatures=None,
-            vitaminLevels=None,
-            conditions=None,
-            openOrders=None,
-        ),
+        json=cbc_only(searchset(cbc(2.0, 1.2)), fetch=("medications",)),
     )
     assert r.status_code == 200
     assert meds.call_count == 1 and len(fhir.calls) == 1
@@ -168,16 +170,7 @@ def test_operation_outcome_in_prefetch_is_fetched_instead(
     }
     r = cds_client.post(
         PV,
-        json=request(
-            patient=patient(),
-            cbc=outcome,
-            labReports=None,
-            temperatures=None,
-            vitaminLevels=None,
-            medications=None,
-            conditions=None,
-            openOrders=None,
-        ),
+        json=cbc_only(outcome),
     )
     assert r.status_code == 200 and route.call_count == 1
 
@@ -219,16 +212,7 @@ def test_prefetch_next_link_is_followed_on_fhir_server(
     first = searchset(cbc(4.5, 2.0, when=at(5)), next_url=f"{FHIR}/Observation?page=2")
     r = cds_client.post(
         PV,
-        json=request(
-            patient=patient(),
-            cbc=first,
-            labReports=None,
-            temperatures=None,
-            vitaminLevels=None,
-            medications=None,
-            conditions=None,
-            openOrders=None,
-        ),
+        json=cbc_only(first),
     )
     assert page2.call_count == 1
     assert r.json()["cards"][0]["indicator"] == "critical"
@@ -239,16 +223,7 @@ def test_prefetch_next_link_elsewhere_is_not_followed_and_said(cds_client: TestC
     with respx.mock(assert_all_called=False) as net:
         r = cds_client.post(
             PV,
-            json=request(
-                patient=patient(),
-                cbc=first,
-                labReports=None,
-                temperatures=None,
-                vitaminLevels=None,
-                medications=None,
-                conditions=None,
-                openOrders=None,
-            ),
+            json=cbc_only(first),
         )
     assert not net.calls
     assert "Only the first page of prefetch key 'cbc'" in r.json()["cards"][0]["detail"]
@@ -395,16 +370,7 @@ def test_old_fever_is_outside_the_48_hour_window(cds_client: TestClient) -> None
 def test_cbc_older_than_24_months_is_not_used(cds_client: TestClient) -> None:
     r = cds_client.post(
         PV,
-        json=request(
-            patient=patient(),
-            cbc=searchset(cbc(1.0, 0.2, when=at(760))),
-            labReports=None,
-            temperatures=None,
-            vitaminLevels=None,
-            medications=None,
-            conditions=None,
-            openOrders=None,
-        ),
+        json=cbc_only(searchset(cbc(1.0, 0.2, when=at(760)))),
     )
     assert r.json() == {"cards": []}
 
@@ -413,15 +379,6 @@ def test_cbc_of_20_months_ago_is_still_read(cds_client: TestClient) -> None:
     # 24-month trend window (clinical-rules.md v2): the former 12 months dropped this draw.
     r = cds_client.post(
         PV,
-        json=request(
-            patient=patient(),
-            cbc=searchset(cbc(1.0, 0.2, when=at(600))),
-            labReports=None,
-            temperatures=None,
-            vitaminLevels=None,
-            medications=None,
-            conditions=None,
-            openOrders=None,
-        ),
+        json=cbc_only(searchset(cbc(1.0, 0.2, when=at(600)))),
     )
     assert r.status_code == 200 and r.json()["cards"]
