@@ -1178,7 +1178,7 @@ def _assess(labs: PatientLabs, now: datetime, horizon: datetime, t: Thresholds) 
     index = _index_draw(draws)
     # A temperature not coded as one is named only when it falls in the fever window, where
     # it could have been a fever the rules did not see.
-    since = index.time - timedelta(hours=t.fever_lookback_hours) if index else None
+    since = _fever_window_start(index.time, t) if index else None
     c.issues = [
         i
         for i in c.issues
@@ -1357,7 +1357,7 @@ FEVER_MENTION_HOURS = 72.0
 def _fever_just_before_the_window(
     c: _Ctx, temps: Sequence[Result], index_time: datetime, t: Thresholds
 ) -> None:
-    since = index_time - timedelta(hours=t.fever_lookback_hours)
+    since = _fever_window_start(index_time, t)
     earliest = index_time - timedelta(hours=max(FEVER_MENTION_HOURS, t.fever_lookback_hours))
     before = [r for r in temps if earliest <= r.time < since and r.value >= t.fever_sustained_c]
     if not before:
@@ -1376,10 +1376,15 @@ def _fever_just_before_the_window(
     )
 
 
+def _fever_window_start(index_time: datetime, t: Thresholds) -> datetime:
+    """Fever counts from this long before the index CBC (section 2, fever)."""
+    return index_time - timedelta(hours=t.fever_lookback_hours)
+
+
 def _fever(
     temps: Sequence[Result], index_time: datetime, horizon: datetime, t: Thresholds
 ) -> str | None:
-    since = index_time - timedelta(hours=t.fever_lookback_hours)
+    since = _fever_window_start(index_time, t)
     window = sorted((r for r in temps if since <= r.time <= horizon), key=lambda r: r.time)
     single = [r for r in window if r.value >= t.fever_single_c]
     if single:
