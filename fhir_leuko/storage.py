@@ -161,7 +161,7 @@ class SqliteDatabase:
             for pragma in pragmas:
                 self._db.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as err:
-            if "locked" in str(err):
+            if _is_lock_error(err):
                 raise StorageError(
                     f"the database file stayed locked for {busy_timeout_s:g} s while opening it"
                     f" ({type(err).__name__})"
@@ -203,6 +203,12 @@ class SqliteDatabase:
             self._db.close()
 
 
+def _is_lock_error(err: sqlite3.Error) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the file, for now."""
+    text = str(err)
+    return "locked" in text or "busy" in text
+
+
 def _enable_wal(db: sqlite3.Connection, *, deadline: float) -> None:
     """Switch the file to WAL (persistent, so usually already done), retrying while locked.
 
@@ -216,8 +222,7 @@ def _enable_wal(db: sqlite3.Connection, *, deadline: float) -> None:
             db.execute("PRAGMA journal_mode=WAL").fetchone()
             return
         except sqlite3.OperationalError as err:
-            locked = "locked" in str(err) or "busy" in str(err)
-            if not locked or time.monotonic() >= deadline:
+            if not _is_lock_error(err) or time.monotonic() >= deadline:
                 raise
         attempt += 1
         # 1, 2, 4 ... 50 ms, spread by the thread id so racing openers do not retry in step.
