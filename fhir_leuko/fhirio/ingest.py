@@ -41,7 +41,7 @@ from fhir_leuko.clinical.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from fhir_leuko.errors import InputError
 from fhir_leuko.fhirio import codes
 from fhir_leuko.fhirio.refs import label_of, relative, split_base, subject_reference
-from fhir_leuko.fhirio.units import Converter, UnitProblem, converter_for
+from fhir_leuko.fhirio.units import TEMP_UNITS, Converter, UnitProblem, converter_for
 
 JSON = dict[str, Any]
 
@@ -1574,9 +1574,7 @@ def _analyte_of(obs: JSON) -> Analyte | None:
     return None
 
 
-#: Unit spellings that can only be a temperature ('C' and 'F' alone only beside a name
-#: that says temperature).
-_TEMPERATURE_UNITS = frozenset({"Cel", "[degF]", "\u00b0C", "\u00b0F", "degC", "degF"})
+#: A bare 'C' or 'F' is a temperature unit only beside a name that says temperature.
 _TEMPERATURE_WORDS = re.compile(r"(?i)\btemp")
 
 
@@ -1593,12 +1591,14 @@ def _temperature_quantity(obs: JSON, code: Any) -> tuple[float, str | None, str 
     value = float(raw)
     ucum = ucum if isinstance(ucum, str) and ucum else None
     unit = unit if isinstance(unit, str) and unit else None
-    if ucum in _TEMPERATURE_UNITS or unit in _TEMPERATURE_UNITS:
-        return value, ucum, unit
-    named = isinstance(code, dict) and any(_TEMPERATURE_WORDS.search(t) for t in _texts(code))
-    if (ucum or unit) in ("C", "F") and named:
-        return value, ucum, unit
-    return None
+    spelled = ucum or unit
+    if spelled is None or spelled not in TEMP_UNITS:  # the temperature spellings we read
+        return None
+    if spelled.strip().upper() in ("C", "F"):
+        named = isinstance(code, dict) and any(_TEMPERATURE_WORDS.search(t) for t in _texts(code))
+        if not named:
+            return None
+    return value, ucum, unit
 
 
 def _mentions_duffy(code: JSON) -> bool:
